@@ -1,0 +1,40 @@
+# Quickstart targets (see README). Everything runs inside a project-local virtual environment.
+#   make demo   set up, then run the main job on the embedded toy world
+#   make test   set up, then run the default test tiers (unit + integration)
+# On a GPU machine, install with `make setup CONSTRAINTS=` to keep your own torch build.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints/cpu.txt
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-all lint toyworld
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m eval.toyworld check
+
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m "not gpu"
+
+lint: setup
+	$(PY) -m ruff check .
+
+toyworld: setup
+	$(PY) -m eval.toyworld build
