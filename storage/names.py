@@ -1,0 +1,91 @@
+"""Names shared by every layer that writes or reads the result tables.
+
+Other layers import these constants instead of typing strings, so that a metric written by
+``eval/`` is the metric that ``storage/queries/*.sql`` looks for. The canned queries use the
+literal values below; ``tests/unit/test_storage_queries.py`` checks they stay in step.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# --- tables -------------------------------------------------------------------------------
+TABLE_RUNS = "runs"
+TABLE_METRICS = "metrics"
+TABLE_PROBES = "probes"
+TABLE_TIMINGS = "timings"
+TABLE_ARTIFACTS = "artifacts"
+TABLE_SCHEMA_VERSION = "schema_version"
+
+#: Tables holding results, in export order (``schema_version`` is exported too, last).
+RESULT_TABLES: tuple[str, ...] = (TABLE_RUNS, TABLE_METRICS, TABLE_PROBES, TABLE_TIMINGS, TABLE_ARTIFACTS)
+
+
+class RunStatus(StrEnum):
+    """Life cycle of a row in ``runs``: pending -> running -> finished | failed."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+# --- edited datasets (runs.dataset, metrics.dataset) ----------------------------------------
+DATASET_COUNTERFACT = "counterfact"
+DATASET_ZSRE = "zsre"
+
+#: ``edits_done`` of the unedited (pre-edit) model: metrics and probes measured before any edit.
+UNEDITED_EDITS_DONE = 0
+
+# --- rewrite metrics (metrics.metric), values scaled like the paper (x100) -----------------
+METRIC_EFFICACY = "efficacy"
+METRIC_GENERALIZATION = "generalization"
+METRIC_SPECIFICITY = "specificity"
+METRIC_FLUENCY = "fluency"
+METRIC_CONSISTENCY = "consistency"
+METRIC_EFFICACY_MAGNITUDE = "efficacy_magnitude"
+METRIC_GENERALIZATION_MAGNITUDE = "generalization_magnitude"
+METRIC_SPECIFICITY_MAGNITUDE = "specificity_magnitude"
+
+COUNTERFACT_METRICS: tuple[str, ...] = (
+    METRIC_EFFICACY,
+    METRIC_GENERALIZATION,
+    METRIC_SPECIFICITY,
+    METRIC_FLUENCY,
+    METRIC_CONSISTENCY,
+    METRIC_EFFICACY_MAGNITUDE,
+    METRIC_GENERALIZATION_MAGNITUDE,
+    METRIC_SPECIFICITY_MAGNITUDE,
+)
+ZSRE_METRICS: tuple[str, ...] = (METRIC_EFFICACY, METRIC_GENERALIZATION, METRIC_SPECIFICITY)
+
+#: Column headers of the paper's Table 1, by metric name (``method_comparison`` query).
+TABLE1_HEADERS: dict[str, str] = {
+    METRIC_EFFICACY: "Eff.",
+    METRIC_GENERALIZATION: "Gen.",
+    METRIC_SPECIFICITY: "Spe.",
+    METRIC_FLUENCY: "Flu.",
+    METRIC_CONSISTENCY: "Consis.",
+}
+
+# --- general-capability probes (probes.task, probes.metric) --------------------------------
+PROBE_TOY_KNOWLEDGE = "toy_knowledge"
+PROBE_TOY_ACCEPTABILITY = "toy_acceptability"
+PROBE_SST2 = "sst2"
+PROBE_MMLU = "mmlu"
+PROBE_METRIC_ACC = "acc"
+
+# --- timed stages (timings.stage); free text, these are the conventional names -------------
+STAGE_KEY_STATS = "key_stats"
+STAGE_PROJECTOR = "projector"
+STAGE_TARGETS = "targets"
+STAGE_SOLVE = "solve"
+STAGE_EDIT_BATCH = "edit_batch"
+STAGE_CHECKPOINT = "checkpoint"
+STAGE_REWRITE_EVAL = "rewrite_eval"
+STAGE_PROBE = "probe"
+
+# --- artifact kinds (artifacts.kind) --------------------------------------------------------
+ARTIFACT_KEY_STATS = "key_stats"
+ARTIFACT_PROJECTOR = "projector"
+ARTIFACT_CHECKPOINT = "checkpoint"

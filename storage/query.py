@@ -1,0 +1,103 @@
+"""Command line: run a canned or ad-hoc read-only SQL query on a results file.
+
+    python -m storage.query --db results.duckdb method_comparison --param n_edits=2000
+    python -m storage.query --db results.duckdb --sql "SELECT metric, avg(value) FROM metrics GROUP BY 1"
+    python -m storage.query --db results.duckdb degradation_curve --csv curve.csv
+    python -m storage.query --list
+
+The file is opened read-only with file access off: the SQL cannot change it. Exit status 0 on
+success, 1 when the query fails, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from storage import queries
+from storage.reader import ResultsReader
+from storage.schema import SchemaVersionError
+from storage.sql import QueryRejectedError, ResultsLockedError
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --param wants NAME=VALUE, got {item!r}")
+        params[name.strip()] = value
+    return params
+
+
+def _list() -> str:
+    lines = []
+    for name in queries.available():
+        q = queries.load(name)
+        lines.append(f"{name}: {q.description}")
+        for p, doc in q.params.items():
+            lines.append(f"    --param {p}=...  {doc}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m storage.query",
+        description="Run a canned or ad-hoc read-only SQL query against a results DuckDB file.",
+        epilog="Canned queries:\n" + _list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", type=Path, help="results file (.duckdb)")
+    p.add_argument("name", nargs="?", help="canned query name (see --list)")
+    p.add_argument("--sql", help="ad-hoc SQL (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN only)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="canned query parameter")
+    p.add_argument("--list", action="store_true", help="list the canned queries and their parameters")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", type=Path, help="write the result to this CSV file instead of printing it")
+    out.add_argument("--parquet", type=Path, help="write the result to this Parquet file instead of printing it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.list:
+        print(_list())
+        return 0
+    if args.db is None:
+        parser.error("--db is required")
+    if (args.name is None) == (args.sql is None):
+        parser.error("give exactly one of a canned query name or --sql")
+    if args.sql is not None and args.param:
+        parser.error("--param is for canned queries; write values into the --sql text instead")
+    try:
+        with ResultsReader(args.db) as reader:
+            if args.sql is not None:
+                frame = reader.sql(args.sql)
+            else:
+                frame = reader.canned(args.name, **_parse_params(args.param))
+    except (ResultsLockedError, SchemaVersionError, QueryRejectedError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # duckdb errors: show DuckDB's own message, which names the problem
+        print(f"error: query failed: {e}", file=sys.stderr)
+        return 1
+    if args.csv:
+        frame.write_csv(args.csv)
+        print(f"wrote {frame.height} row(s) to {args.csv}", file=sys.stderr)
+    elif args.parquet:
+        frame.write_parquet(args.parquet)
+        print(f"wrote {frame.height} row(s) to {args.parquet}", file=sys.stderr)
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+            print(frame)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""ResultWriter: schema and migrations, idempotent upserts, the rerun rule, run status."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from storage import names
+from storage.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+    Migration,
+    SchemaVersionError,
+    current_version,
+    migrate,
+)
+from storage.writer import (
+    ResultWriter,
+    RowValidationError,
+    RunConflictError,
+    RunDecision,
+    RunSpec,
+    UnknownRunError,
+)
+
+README = Path(__file__).resolve().parents[2] / "storage" / "README.md"
+
+
+def spec(run_id: str = "r1", **over) -> RunSpec:
+    fields = dict(
+        run_id=run_id, sweep_id="s1", model="toy-gpt2", method="alphaedit", dataset="counterfact",
+        batch_size=10, n_edits=30, seed=0, config={"lr": 0.5, "layers": [3, 4]}, git_sha="abc123",
+    )
+    fields.update(over)
+    return RunSpec(**fields)
+
+
+def metric_rows(run_id: str = "r1", value: float = 90.0) -> list[dict]:
+    return [
+        {"run_id": run_id, "edits_done": e, "dataset": "counterfact", "metric": m, "value": value - e}
+        for e in (0, 10, 20)
+        for m in ("efficacy", "specificity")
+    ]
+
+
+@pytest.fixture
+def writer(tmp_path):
+    w = ResultWriter(tmp_path / "results.duckdb")
+    yield w
+    w.close()
+
+
+def count(w: ResultWriter, table: str, where: str = "true") -> int:
+    return w.query(f"SELECT count(*) AS n FROM {table} WHERE {where}")["n"][0]
+
+
+# --- schema ------------------------------------------------------------------------------------
+def test_new_file_is_at_latest_version_and_matches_table_specs(writer):
+    assert writer.schema_version == SCHEMA_VERSION
+    for table, tspec in TABLES.items():
+        got = writer.query(f"DESCRIBE {table}")
+        assert got["column_name"].to_list() == list(tspec.column_names), table
+        assert got["column_type"].to_list() == [c.sql_type for c in tspec.columns], table
+        nullable = dict(zip(got["column_name"], got["null"], strict=True))
+        for c in tspec.columns:
+            assert (nullable[c.name] == "YES") == c.nullable, f"{table}.{c.name} nullability"
+
+
+def test_status_check_constraint_lists_exactly_the_run_statuses():
+    ddl = " ".join(MIGRATIONS[0].statements)
+    allowed = re.search(r"status IN \(([^)]*)\)", ddl).group(1)
+    assert sorted(s.strip(" '") for s in allowed.split(",")) == sorted(s.value for s in names.RunStatus)
+
+
+def test_readme_documents_every_column():
+    text = README.read_text()
+    for table, tspec in TABLES.items():
+        section = text.split(f"### `{table}`", 1)
+        assert len(section) == 2, f"README has no section for table {table}"
+        body = section[1].split("\n### ", 1)[0]
+        for c in tspec.key:
+            assert c in body
+        for c in tspec.column_names:
+            assert f"`{c}`" in body, f"README does not document {table}.{c}"
+
+
+def test_reopen_keeps_data_and_does_not_remigrate(tmp_path):
+    path = tmp_path / "r.duckdb"
+    with ResultWriter(path) as w:
+        w.register_run(spec())
+    with ResultWriter(path) as w:
+        assert count(w, "runs") == 1
+        assert count(w, "schema_version") == SCHEMA_VERSION
+
+
+def test_migrations_apply_in_order_and_only_once(tmp_path):
+    extra = Migration(SCHEMA_VERSION + 1, "add runs.note", ("ALTER TABLE runs ADD COLUMN note VARCHAR",))
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    assert current_version(con) == 0
+    assert migrate(con) == SCHEMA_VERSION
+    assert migrate(con, (*MIGRATIONS, extra)) == SCHEMA_VERSION + 1
+    assert migrate(con, (*MIGRATIONS, extra)) == SCHEMA_VERSION + 1  # idempotent: nothing re-run
+    cols = [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
+    assert cols[-1] == "note" and cols.count("note") == 1
+    with pytest.raises(SchemaVersionError, match="newer than this code"):
+        migrate(con)  # code that only knows the old migrations must refuse the newer file
+    con.close()
+
+
+def test_failed_migration_rolls_back(tmp_path):
+    bad = Migration(SCHEMA_VERSION + 1, "broken", ("ALTER TABLE runs ADD COLUMN x INTEGER", "SELEC nonsense"))
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    migrate(con)
+    with pytest.raises(duckdb.Error):
+        migrate(con, (*MIGRATIONS, bad))
+    assert current_version(con) == SCHEMA_VERSION
+    assert "x" not in [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
+    con.close()
+
+
+# --- idempotency -------------------------------------------------------------------------------
+def test_same_rows_twice_give_one_copy(writer):
+    writer.register_run(spec())
+    rows = metric_rows()
+    timings = [{"run_id": "r1", "stage": "solve", "step": i, "seconds": 0.5, "items": 10} for i in range(3)]
+    probes = [{"run_id": "r1", "edits_done": 0, "task": "sst2", "metric": "acc", "value": 0.7}]
+    for _ in range(2):
+        writer.write(metrics=rows, probes=probes, timings=timings)
+        writer.write_metrics(pl.DataFrame(rows))
+    assert count(writer, "metrics") == len(rows)
+    assert count(writer, "probes") == 1
+    assert count(writer, "timings") == 3
+
+
+def test_resent_key_replaces_value_last_write_wins(writer):
+    writer.register_run(spec())
+    writer.write_metrics(metric_rows(value=90.0))
+    writer.write_metrics(metric_rows(value=50.0))
+    got = writer.query("SELECT value FROM metrics WHERE edits_done = 10 AND metric = 'efficacy'")
+    assert got["value"].to_list() == [40.0]
+    # duplicates inside one batch: the last one wins, one row lands
+    dup = [{"run_id": "r1", "edits_done": 30, "dataset": "zsre", "metric": "efficacy", "value": v} for v in (1.0, 2.0)]
+    assert writer.write_metrics(dup) == 1
+    assert writer.query("SELECT value FROM metrics WHERE edits_done = 30")["value"].to_list() == [2.0]
+
+
+def test_rows_for_unregistered_run_are_refused_and_nothing_is_written(writer):
+    writer.register_run(spec())
+    rows = metric_rows("r1") + metric_rows("ghost")
+    with pytest.raises(UnknownRunError, match="ghost"):
+        writer.write(metrics=rows)
+    assert count(writer, "metrics") == 0
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ({"run_id": "r1", "edits_done": 0, "dataset": "cf", "metric": "efficacy"}, "required"),
+        ({"run_id": "r1", "edit_done": 0, "dataset": "cf", "metric": "efficacy", "value": 1.0}, "unknown"),
+        ({"run_id": "r1", "edits_done": None, "dataset": "cf", "metric": "efficacy", "value": 1.0}, "null"),
+        ({"run_id": "r1", "edits_done": "ten", "dataset": "cf", "metric": "efficacy", "value": 1.0}, "convert"),
+    ],
+)
+def test_bad_rows_are_rejected_with_the_column_named(writer, row, match):
+    writer.register_run(spec())
+    with pytest.raises(RowValidationError, match=match):
+        writer.write_metrics([row])
+
+
+def test_artifact_records_upsert_by_kind_and_key(writer):
+    from datetime import datetime
+
+    rec = {"kind": "projector", "key": "ab" * 32, "spec": "{}", "path": "/x/data", "format": "npy",
+           "sha256": "cd" * 32, "bytes": 10, "created_at": datetime(2026, 1, 1)}
+    writer.record_artifacts([rec, rec])
+    writer.record_artifacts([{**rec, "bytes": 20}])
+    assert writer.query("SELECT bytes FROM artifacts")["bytes"].to_list() == [20]
+
+
+# --- the rerun rule ----------------------------------------------------------------------------
+def test_rerun_rule_resume_skip_conflict_replace(writer):
+    a, b, c = spec("a"), spec("b"), spec("c")
+    assert writer.register_runs([a, b, c]) == {"a": RunDecision.NEW, "b": RunDecision.NEW, "c": RunDecision.NEW}
+    for r in "abc":
+        writer.write_metrics(metric_rows(r))
+    writer.set_status("a", "running")
+    writer.set_status("a", "finished")
+    writer.set_status("b", "running")
+    writer.set_status("b", "failed", error="CUDA OOM")
+
+    # same configs again: finished -> skip, unfinished -> resume; rows kept
+    again = writer.register_runs([a, b, c])
+    assert again == {"a": RunDecision.SKIP, "b": RunDecision.RESUME, "c": RunDecision.RESUME}
+    runs = writer.query("SELECT run_id, status, error, attempts FROM runs ORDER BY run_id").rows()
+    assert runs == [("a", "finished", None, 1), ("b", "pending", None, 2), ("c", "pending", None, 2)]
+    assert count(writer, "metrics") == 3 * len(metric_rows())
+
+    # a different config under an existing run_id is refused, and nothing changes
+    changed = spec("b", config={"lr": 0.1})
+    with pytest.raises(RunConflictError, match="on_existing='replace'"):
+        writer.register_runs([spec("d"), changed])
+    assert count(writer, "runs") == 3
+
+    # replace: rows deleted, row reset with the new config
+    assert writer.register_runs([changed, a], on_existing="replace") == {
+        "b": RunDecision.REPLACED, "a": RunDecision.REPLACED,
+    }
+    assert count(writer, "metrics", "run_id IN ('a', 'b')") == 0
+    assert count(writer, "metrics", "run_id = 'c'") == len(metric_rows())
+    row = writer.query("SELECT status, attempts, config_hash, finished_at FROM runs WHERE run_id = 'b'").row(0)
+    assert row == ("pending", 3, changed.config_hash, None)
+
+
+def test_status_transitions_stamp_times_and_finished_is_final(writer):
+    writer.register_run(spec())
+    writer.set_status("r1", "running")
+    started = writer.query("SELECT started_at FROM runs")["started_at"][0]
+    assert started is not None
+    writer.set_status("r1", "finished")
+    row = writer.query("SELECT status, finished_at FROM runs").row(0)
+    assert row[0] == "finished" and row[1] >= started
+    writer.set_status("r1", "finished")  # idempotent
+    with pytest.raises(ValueError, match="on_existing='replace'"):
+        writer.set_status("r1", "running")
+    with pytest.raises(ValueError, match="error message"):
+        writer.set_status("r1", "failed")
+    with pytest.raises(UnknownRunError):
+        writer.set_status("nope", "running")
+
+
+def test_snapshot_is_readable_while_writer_holds_the_file(writer, tmp_path):
+    from storage.reader import ResultsReader
+
+    writer.register_run(spec())
+    writer.write_metrics(metric_rows())
+    snap = writer.snapshot(tmp_path / "snap.duckdb")
+    with ResultsReader(snap) as r:
+        assert r.metrics().height == len(metric_rows())
+        assert r.runs()["run_id"].to_list() == ["r1"]
+    with pytest.raises(FileExistsError):
+        writer.snapshot(snap)
+
+
+def test_export_parquet_writes_every_table(writer, tmp_path):
+    writer.register_run(spec())
+    writer.write_metrics(metric_rows())
+    out = writer.export_parquet(tmp_path / "pq")
+    assert set(out) == {*names.RESULT_TABLES, names.TABLE_SCHEMA_VERSION}
+    assert pl.read_parquet(out["metrics"]).height == len(metric_rows())
+    assert not [p for p in (tmp_path / "pq").iterdir() if "tmp" in p.name]
+
+
+def test_query_through_writer_refuses_writes(writer):
+    from storage.sql import QueryRejectedError
+
+    writer.register_run(spec())
+    with pytest.raises(QueryRejectedError):
+        writer.query("DELETE FROM runs")
+    assert count(writer, "runs") == 1
