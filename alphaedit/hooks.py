@@ -1,0 +1,101 @@
+"""Forward hooks: capture module inputs/outputs, stop the forward early, add δ to a block output.
+
+All hooks are installed by context managers and always removed, even when the forward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from alphaedit.models import get_module
+
+
+class _StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised from a hook to end a forward pass once everything needed has been captured."""
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value,index]
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    inputs_of: Sequence[str] = (),
+    outputs_of: Sequence[str] = (),
+    stop_after: str | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the first positional input of ``inputs_of`` modules and the output of ``outputs_of``.
+
+    With ``stop_after``, the forward is aborted right after that module ran; wrap the forward call
+    in :func:`run_until_stopped`. Tensors are stored as produced (no copy, no detach).
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def input_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            store["in:" + name] = args[0]
+
+        return hook
+
+    def output_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, _args: tuple, output: object) -> None:
+            store["out:" + name] = _first(output)
+
+        return hook
+
+    def stop_hook(_module: nn.Module, _args: tuple, _output: object) -> None:
+        raise _StopForward
+
+    try:
+        for name in inputs_of:
+            handles.append(get_module(model, name).register_forward_pre_hook(input_hook(name)))
+        for name in outputs_of:
+            handles.append(get_module(model, name).register_forward_hook(output_hook(name)))
+        if stop_after is not None:  # registered last, so it fires after the capture hooks
+            handles.append(get_module(model, stop_after).register_forward_hook(stop_hook))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until_stopped(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Run ``model`` forward (no KV cache) and swallow the early-stop signal of :func:`capture`."""
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+
+
+@contextlib.contextmanager
+def add_at_positions(
+    model: nn.Module, block: str, rows: torch.Tensor, cols: torch.Tensor, values: Callable[[], torch.Tensor]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Add ``values()`` (n, d) to the output of ``block`` at (rows[i], cols[i]); record the clean output.
+
+    ``values`` is called at every forward so that the current (trainable) δ is used. The output
+    before the addition is stored under ``"clean"``.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _args: tuple, output: object) -> object:
+        hidden = _first(output)
+        store["clean"] = hidden
+        delta = values().to(hidden.dtype)
+        update = torch.zeros_like(hidden).index_put((rows, cols), delta, accumulate=True)
+        edited = hidden + update  # (batch, seq, d_model)
+        if isinstance(output, tuple):
+            return (edited, *output[1:])
+        return edited
+
+    handle = get_module(model, block).register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()

@@ -1,0 +1,86 @@
+"""Keys K1 (template-averaged MLP-projection inputs at the subject's last token) and block outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alphaedit.hooks import capture, run_until_stopped
+from alphaedit.models import ModelSpec
+from alphaedit.prompts import request_prompts, subject_prompts
+from alphaedit.requests import EditRequest
+from alphaedit.templates import Templates, flat_templates
+from alphaedit.tokens import model_device, pad_id, right_pad
+
+
+@dataclass(frozen=True)
+class SubjectReps:
+    keys: dict[int, torch.Tensor]  # layer -> (u, d_k) float32, template-averaged keys
+    block_out: torch.Tensor | None  # (u, d_model) float32: block-L output on the bare prompt
+
+
+@torch.no_grad()
+def subject_representations(
+    model: nn.Module,
+    tokenizer,
+    spec: ModelSpec,
+    requests: Sequence[EditRequest],
+    templates: Templates,
+    key_layers: Sequence[int],
+    block_layer: int | None = None,
+    batch_rows: int = 512,
+) -> SubjectReps:
+    """Keys at ``key_layers`` and the block output at ``block_layer``, from one pass per row batch.
+
+    Key of request r (reference ``compute_ks``): the input of the edited projection at the subject's
+    last token, averaged within each template group, then over groups (k = ½ k_bare + ½ mean_5 k_pre).
+    The block output is taken on the bare prompt (first template, "{}"). The forward stops after the
+    deepest module needed.
+    """
+    flat = flat_templates(templates)
+    if flat[0] != "{}":
+        raise ValueError("subject_representations: the first context template must be the bare '{}'")
+    n_tmpl, u = len(flat), len(requests)
+    key_layers = sorted(set(key_layers))
+    prompts = subject_prompts(tokenizer, request_prompts(requests, flat), [r.subject for r in requests for _ in flat])
+    device = model_device(model)
+    pad = pad_id(tokenizer)
+    key_names = [spec.mlp_out_name(layer) for layer in key_layers]
+    block_names = [] if block_layer is None else [spec.block_name(block_layer)]
+    deepest = max(key_layers + ([block_layer] if block_layer is not None else []))
+    stop = spec.block_name(deepest) if block_layer == deepest else spec.mlp_out_name(deepest)
+
+    per_row: dict[str, list[torch.Tensor]] = {name: [] for name in key_names + block_names}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_rows):
+            chunk = prompts[start : start + batch_rows]
+            input_ids, mask = right_pad([p.ids for p in chunk], pad, device)
+            rows = torch.arange(len(chunk), device=device)
+            cols = torch.tensor([p.lookup for p in chunk], device=device)
+            with capture(model, inputs_of=key_names, outputs_of=block_names, stop_after=stop) as store:
+                run_until_stopped(model, input_ids, mask)
+            for name in key_names:
+                per_row[name].append(store["in:" + name][rows, cols].float())
+            for name in block_names:
+                per_row[name].append(store["out:" + name][rows, cols].float())
+    finally:
+        model.train(was_training)
+
+    group_slices, offset = [], 0
+    for group in templates:
+        group_slices.append(slice(offset, offset + len(group)))
+        offset += len(group)
+    keys = {}
+    for layer, name in zip(key_layers, key_names, strict=True):
+        k = torch.cat(per_row[name]).view(u, n_tmpl, -1)  # (u, T, d_k)
+        keys[layer] = torch.stack([k[:, s].mean(1) for s in group_slices]).mean(0)  # (u, d_k)
+    block_out = None
+    if block_names:
+        h = torch.cat(per_row[block_names[0]]).view(u, n_tmpl, -1)  # (u, T, d_model)
+        block_out = h[:, 0]  # bare prompt
+    return SubjectReps(keys=keys, block_out=block_out)

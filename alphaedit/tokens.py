@@ -1,0 +1,52 @@
+"""Tokenization helpers: right padding done by hand so no tokenizer state is ever mutated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pad_id(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its eos token (reference behaviour)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"{type(tokenizer).__name__} has neither a pad nor an eos token; set tokenizer.pad_token before editing"
+    )
+
+
+def encode(tokenizer, texts: Sequence[str], *, add_special_tokens: bool = True,
+           max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each text (no padding); truncated to ``max_length`` when given."""
+    if not texts:
+        return []
+    enc = tokenizer(
+        list(texts),
+        add_special_tokens=add_special_tokens,
+        truncation=max_length is not None,
+        max_length=max_length,
+    )
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def right_pad(ids: Sequence[Sequence[int]], pad: int, device: torch.device | str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (batch, max_len), both int64."""
+    if not ids:
+        raise ValueError("right_pad: empty batch")
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        if not row:
+            raise ValueError(f"right_pad: row {i} is empty (an empty text tokenizes to no tokens)")
+        input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,93 @@
+"""Typed edit requests and the model registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_core_support import tiny_model  # noqa: E402
+
+from alphaedit.models import ModelSpec, key_dim, known_model_types, model_dim, spec_for  # noqa: E402
+from alphaedit.requests import EditRequest, InvalidRequestError, requests_from_counterfact  # noqa: E402
+
+RECORD = {
+    "case_id": 7,
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "relation_id": "P103",
+        "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
+    },
+    "paraphrase_prompts": ["x"], "neighborhood_prompts": ["y"],
+}
+
+
+def test_request_from_counterfact_normalizes_and_roundtrips():
+    r = EditRequest.from_counterfact(RECORD)
+    assert r.target_new == " English" and r.target_true == " French"
+    assert r.rewrite_prompt == "The mother tongue of Danielle Darrieux is"
+    assert r.to_counterfact() == RECORD
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("prompt", "The mother tongue is", "prompt"),
+        ("prompt", "{} and {} speak", "prompt"),
+        ("subject", "  ", "subject"),
+        ("target_new", "", "target_new"),
+        ("target_true", "", "target_true"),
+        ("target_new", " French", "target_new"),
+    ],
+)
+def test_bad_requests_name_case_and_field(field, value, match):
+    kwargs = dict(case_id=42, prompt="{} speaks", subject="Ann", target_new="English", target_true="French")
+    kwargs[field] = value
+    with pytest.raises(InvalidRequestError, match=match) as info:
+        EditRequest(**kwargs)
+    assert "42" in str(info.value)
+
+
+def test_requests_from_counterfact_reports_all_errors():
+    bad = {"case_id": 3, "requested_rewrite": {"prompt": "no slot", "subject": "S",
+                                               "target_new": {"str": "a"}, "target_true": {"str": "b"}}}
+    missing = {"case_id": 4, "requested_rewrite": {"prompt": "{} x"}}
+    with pytest.raises(InvalidRequestError) as info:
+        requests_from_counterfact([RECORD, bad, missing])
+    assert "case_id=3" in str(info.value) and "case_id=4" in str(info.value) and "2 invalid" in str(info.value)
+
+
+def test_registry_knows_the_required_types_and_explains_unknown_ones():
+    assert {"gpt2", "gptj", "llama", "mistral", "qwen2"} <= set(known_model_types())
+    with pytest.raises(KeyError) as info:
+        spec_for("falcon")
+    msg = str(info.value)
+    assert "falcon" in msg and "llama" in msg and "override" in msg
+    custom = spec_for("falcon", override={"mlp_out": "transformer.h.{}.mlp.dense_4h_to_h",
+                                          "block": "transformer.h.{}", "final_norm": "transformer.ln_f",
+                                          "lm_head": "lm_head"})
+    assert isinstance(custom, ModelSpec) and custom.weight_name(3) == "transformer.h.3.mlp.dense_4h_to_h.weight"
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama", "mistral", "qwen2"])
+def test_registry_dimensions(model_type):
+    model = tiny_model(model_type, 64, width=32)
+    spec = spec_for(model)
+    assert key_dim(model, spec, 1) == 128 and model_dim(model, spec, 1) == 32
+
+
+def test_wrong_layout_is_reported():
+    model = tiny_model("gpt2", 64, width=32)
+    wrong = spec_for("gptj", override=ModelSpec("gpt2", "transformer.h.{}.mlp.c_proj", "transformer.h.{}",
+                                                "transformer.ln_f", "lm_head", weight_layout="out_in"))
+    with pytest.raises(TypeError, match="in_out"):
+        key_dim(model, wrong, 0)
+
+
+def test_import_alphaedit_loads_no_ray_or_other_layers():
+    code = ("import sys, alphaedit; bad = [m for m in ('ray', 'duckdb', 'lm_eval', 'polars', 'eval', 'storage', "
+            "'cluster') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
