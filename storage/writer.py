@@ -436,8 +436,9 @@ class ResultWriter:
                 f"{table}: unknown or writer-managed column(s) {unknown}; "
                 f"allowed: {[c for c in spec.column_names if c not in managed]}"
             )
-        if table == names.TABLE_TIMINGS and "step" not in df.columns:
-            df = df.with_columns(pl.lit(0, dtype=pl.Int32).alias("step"))
+        if table == names.TABLE_TIMINGS:  # step defaults to 0 (one-off stages)
+            step = pl.col("step").fill_null(0) if "step" in df.columns else pl.lit(0, dtype=pl.Int32)
+            df = df.with_columns(step.alias("step"))
         if managed:
             df = df.with_columns(pl.lit(utc_now(), dtype=pl.Datetime("us")).alias("written_at"))
         missing = [c.name for c in spec.columns if c.name not in df.columns and not c.nullable]
