@@ -149,3 +149,15 @@ def test_snapshot_taken_by_live_writer_is_readable_from_another_process(tmp_path
         )
     assert out.returncode == 0, out.stderr
     assert "r" in out.stdout
+
+
+def test_importing_storage_loads_no_ray_torch_lm_eval_or_duckdb():
+    code = (
+        "import sys\n"
+        "import storage, storage.names, storage.schema, storage.writer, storage.reader, storage.artifacts\n"
+        "import storage.query, storage.export, storage.queries\n"
+        "bad = [m for m in ('ray', 'torch', 'lm_eval', 'duckdb') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
