@@ -87,6 +87,7 @@ def add_at_positions(
     def hook(_module: nn.Module, _args: tuple, output: object) -> object:
         hidden = _first(output)
         store["clean"] = hidden
+        store["is_tuple"] = isinstance(output, tuple)  # type: ignore[assignment]
         delta = values().to(hidden.dtype)
         update = torch.zeros_like(hidden).index_put((rows, cols), delta, accumulate=True)
         edited = hidden + update  # (batch, seq, d_model)
@@ -99,3 +100,32 @@ def add_at_positions(
         yield store
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def replay_blocks(model: nn.Module, block_names: Sequence[str], output: object) -> Iterator[None]:
+    """Skip the computation of a prefix of blocks: all but the last pass their input through, the last
+    returns ``output`` (a recorded output of that block for the same input batch).
+
+    Exact when the recorded output is still valid, i.e. nothing below the last block changed since it
+    was recorded. Hooks registered on the blocks still fire. Implemented by shadowing each block's
+    ``forward`` on the instance, restored on exit.
+    """
+    modules = [get_module(model, name) for name in block_names]
+    as_tuple = isinstance(output, tuple)
+
+    def passthrough(*args: object, **kwargs: object) -> object:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) if as_tuple else hidden
+
+    def replay(*_args: object, **_kwargs: object) -> object:
+        return output
+
+    try:
+        for module in modules[:-1]:
+            module.forward = passthrough
+        modules[-1].forward = replay
+        yield
+    finally:
+        for module in modules:
+            del module.forward

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alphaedit.hooks import add_at_positions, capture, run_until_stopped
+from alphaedit.hooks import add_at_positions, capture, replay_blocks, run_until_stopped
 from alphaedit.hparams import EditHparams
 from alphaedit.models import ModelSpec, get_module
 from alphaedit.prompts import request_prompts, subject_prompts
@@ -109,7 +109,6 @@ def compute_targets(
     rows.extend(p.ids for p in kl)
     lookups = [p.lookup for p in rewrite] + [p.lookup for p in kl]
     row_req = torch.tensor([r for r in range(u) for _ in range(n_tmpl)] + list(range(u)), device=device)
-    lookup_rows = torch.arange(len(rows), device=device)
     lookup_cols = torch.tensor(lookups, device=device)
     kl_rows = torch.arange(u * n_tmpl, u * n_tmpl + u, device=device)
     kl_cols = torch.tensor([p.lookup for p in kl], device=device)
@@ -127,39 +126,63 @@ def compute_targets(
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     done = torch.zeros(u, dtype=torch.bool, device=device)
     steps = torch.zeros(u, dtype=torch.long, device=device)
+    loss = torch.zeros(u, device=device)
+    nll_all = torch.zeros(u, device=device)
+    below = [spec.block_name(i) for i in range(layer + 1)]
     h0: torch.Tensor | None = None
     log_p0: torch.Tensor | None = None
-    loss = nll = torch.zeros(u, device=device)
+    clean: torch.Tensor | None = None  # block-L output of all rows, recorded once (it does not depend on δ)
+    clean_is_tuple = False
 
     was_training = model.training
     model.eval()
     try:
         with frozen_parameters(model):
             for it in range(hparams.v_num_grad_steps):
-                with (
-                    add_at_positions(model, spec.block_name(layer), lookup_rows, lookup_cols,
-                                     lambda: delta[row_req]) as block,
-                    capture(model, outputs_of=[spec.final_norm], stop_after=spec.final_norm) as store,
-                ):
-                    run_until_stopped(model, input_ids, mask)
-                hidden = store["out:" + spec.final_norm]  # (rows, seq, d_model)
-                if h0 is None:
-                    h0 = block["clean"][bare_rows, bare_cols].detach().float()  # (u, d_model)
-                logp = torch.log_softmax(_logits(model, spec, hidden[l_row, l_pos]), dim=-1)  # (labels, V)
-                token_logp = logp.gather(1, l_tok[:, None])[:, 0]  # (labels,)
-                nll = -torch.zeros(u, device=device).index_add(0, l_req, token_logp) / tokens_per_req  # (u,)
-                log_p = torch.log_softmax(_logits(model, spec, hidden[kl_rows, kl_cols]), dim=-1)  # (u, V)
+                # Only requests still optimizing take part in the forward (their rows, re-indexed).
+                active = ~done  # (u,)
+                act_rows = active[row_req].nonzero()[:, 0]  # rows of active requests
+                new_index = torch.full((len(rows),), -1, dtype=torch.long, device=device)
+                new_index[act_rows] = torch.arange(len(act_rows), device=device)
+                width = int(mask[act_rows].sum(1).max())
+                ids_a, mask_a = input_ids[act_rows, :width], mask[act_rows, :width]
+                req_a = row_req[act_rows]
+                lab = active[l_req]  # labels of active requests
+                kl_req = active.nonzero()[:, 0]
+                with contextlib.ExitStack() as stack:
+                    if clean is not None:  # blocks 0..L are replayed from the first forward
+                        replay = clean[act_rows, :width]
+                        stack.enter_context(replay_blocks(model, below, (replay,) if clean_is_tuple else replay))
+                    block = stack.enter_context(add_at_positions(
+                        model, spec.block_name(layer), torch.arange(len(act_rows), device=device),
+                        lookup_cols[act_rows], lambda req_a=req_a: delta[req_a]))
+                    store = stack.enter_context(capture(model, outputs_of=[spec.final_norm], stop_after=spec.final_norm))
+                    run_until_stopped(model, ids_a, mask_a)
+                hidden = store["out:" + spec.final_norm]  # (active rows, seq, d_model)
+                if clean is None:
+                    clean = block["clean"].detach()
+                    clean_is_tuple = bool(block["is_tuple"])
+                    h0 = clean[bare_rows, bare_cols].float()  # (u, d_model)
+                logp = torch.log_softmax(
+                    _logits(model, spec, hidden[new_index[l_row[lab]], l_pos[lab]]), dim=-1)  # (labels, V)
+                token_logp = logp.gather(1, l_tok[lab][:, None])[:, 0]  # (labels,)
+                nll = -torch.zeros(u, device=device).index_add(0, l_req[lab], token_logp) / tokens_per_req  # (u,)
+                log_p = torch.log_softmax(
+                    _logits(model, spec, hidden[new_index[kl_rows[kl_req]], kl_cols[kl_req]]), dim=-1)  # (a, V)
                 if log_p0 is None:
-                    log_p0 = log_p.detach()
-                kl_term = (log_p.exp() * (log_p - log_p0)).sum(-1)  # (u,) KL(p_δ || p_0)
+                    log_p0 = log_p.detach()  # every request is active at step 0
+                kl_term = torch.zeros(u, device=device).index_add(
+                    0, kl_req, (log_p.exp() * (log_p - log_p0[kl_req])).sum(-1))  # (u,) KL(p_δ || p_0)
                 wd = hparams.v_weight_decay * delta.norm(dim=-1) / h0.norm(dim=-1) ** 2  # (u,)
-                loss = nll + hparams.kl_factor * kl_term + wd  # (u,)
-                done = done | (loss.detach() < hparams.v_early_stop_loss)
+                step_loss = nll + hparams.kl_factor * kl_term + wd  # (u,), meaningful for active requests
+                loss = torch.where(active, step_loss.detach(), loss)
+                nll_all = torch.where(active, nll.detach(), nll_all)
+                done = done | (active & (step_loss.detach() < hparams.v_early_stop_loss))
                 if bool(done.all()) or it == hparams.v_num_grad_steps - 1:
                     break
                 frozen = delta.detach()[done].clone()
                 optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                step_loss[active].sum().backward()
                 optimizer.step()
                 with torch.no_grad():
                     max_norm = hparams.clamp_norm_factor * h0.norm(dim=-1, keepdim=True)  # (u, 1)
@@ -169,6 +192,7 @@ def compute_targets(
                 steps += (~done).long()
     finally:
         model.train(was_training)
+    nll = nll_all
     assert h0 is not None
     z = h0 + delta.detach()
     logger.info(
@@ -176,4 +200,4 @@ def compute_targets(
         u, float(loss.detach().mean()), float(nll.detach().mean()), float(steps.float().mean()),
         float((delta.detach().norm(dim=-1) / h0.norm(dim=-1)).mean()),
     )
-    return TargetResult(z=z, h0=h0, loss=loss.detach(), nll=nll.detach(), steps=steps)
+    return TargetResult(z=z, h0=h0, loss=loss, nll=nll, steps=steps)

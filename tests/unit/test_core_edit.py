@@ -173,3 +173,24 @@ def test_score_targets_batched_equals_unbatched(tok):
         assert bool(batched.argmax_correct[i]) == bool((logp.argmax(-1) == torch.tensor(t_ids)).all())
     with pytest.raises(ValueError, match="pairs"):
         score_targets(model, tok, prompts, targets[:2])
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_replayed_blocks_give_the_full_forward(tok, model_type):
+    """compute_targets replays blocks 0..L from its first forward; the logits must not change."""
+    from alphaedit.hooks import add_at_positions, replay_blocks
+
+    model = tiny_model(model_type, len(tok))
+    spec = spec_for(model)
+    enc = tok(["Anna Varo was born in Paris", "The city of"], padding=True, return_tensors="pt")
+    ids, mask = enc.input_ids, enc.attention_mask
+    rows, cols = torch.tensor([0, 1]), torch.tensor([1, 2])
+    shift = torch.randn(2, 64)
+    with add_at_positions(model, spec.block_name(2), rows, cols, lambda: shift) as block, torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+    clean = block["clean"]
+    with (replay_blocks(model, [spec.block_name(i) for i in range(3)], clean),
+          add_at_positions(model, spec.block_name(2), rows, cols, lambda: shift), torch.no_grad()):
+        replayed = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(full, replayed, atol=1e-5)
+    assert "forward" not in vars(model.get_submodule(spec.block_name(2)))  # shadowing removed
