@@ -126,8 +126,8 @@ def compute_targets(
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     done = torch.zeros(u, dtype=torch.bool, device=device)
     steps = torch.zeros(u, dtype=torch.long, device=device)
-    loss = torch.zeros(u, device=device)
-    nll_all = torch.zeros(u, device=device)
+    loss = torch.zeros(u, device=device, dtype=torch.float32)
+    nll_all = torch.zeros(u, device=device, dtype=torch.float32)
     below = [spec.block_name(i) for i in range(layer + 1)]
     h0: torch.Tensor | None = None
     log_p0: torch.Tensor | None = None
@@ -166,12 +166,12 @@ def compute_targets(
                 logp = torch.log_softmax(
                     _logits(model, spec, hidden[new_index[l_row[lab]], l_pos[lab]]), dim=-1)  # (labels, V)
                 token_logp = logp.gather(1, l_tok[lab][:, None])[:, 0]  # (labels,)
-                nll = -torch.zeros(u, device=device).index_add(0, l_req[lab], token_logp) / tokens_per_req  # (u,)
+                nll = -torch.zeros(u, device=device, dtype=torch.float32).index_add(0, l_req[lab], token_logp) / tokens_per_req  # (u,)
                 log_p = torch.log_softmax(
                     _logits(model, spec, hidden[new_index[kl_rows[kl_req]], kl_cols[kl_req]]), dim=-1)  # (a, V)
                 if log_p0 is None:
                     log_p0 = log_p.detach()  # every request is active at step 0
-                kl_term = torch.zeros(u, device=device).index_add(
+                kl_term = torch.zeros(u, device=device, dtype=torch.float32).index_add(
                     0, kl_req, (log_p.exp() * (log_p - log_p0[kl_req])).sum(-1))  # (u,) KL(p_δ || p_0)
                 wd = hparams.v_weight_decay * delta.norm(dim=-1) / h0.norm(dim=-1) ** 2  # (u,)
                 step_loss = nll + hparams.kl_factor * kl_term + wd  # (u,), meaningful for active requests

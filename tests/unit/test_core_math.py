@@ -8,7 +8,14 @@ import torch
 from alphaedit.projector import kept_fraction, null_space_projector, projector_rank
 from alphaedit.solve import SolveInputs, alphaedit_update, memit_update, solve_update, spread_residual
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """Random data in float64 for these tests only (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _low_rank_keys(d: int = 48, rank: int = 20, n: int = 500, seed: int = 0) -> torch.Tensor:
