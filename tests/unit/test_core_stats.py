@@ -110,3 +110,14 @@ def test_accumulator_precision_for_large_counts():
         acc.add(torch.ones(3, 5))
     with pytest.raises(ValueError, match="no keys"):
         SecondMoment.zeros(2).mean()
+
+
+def test_fastmemit_budget_from_hparams(setup):
+    from alphaedit import EditHparams, preservation_stats
+
+    model, tok, spec, texts = setup
+    hp = EditHparams(layers=LAYERS, mom2_max_length=64, mom2_batch_size=8, key_budget_multiplier=2.5)
+    stats = preservation_stats(model, tok, texts, hp, spec)
+    assert stats[1].count == stats[2].count == 640  # 2.5 x d_k (256)
+    capped = preservation_stats(model, tok, texts, hp.replace(key_budget_multiplier=None, mom2_n_samples=7), spec)
+    assert capped[1].count == sum(len(tok(t).input_ids) for t in texts[:7])
