@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+#: The reference's general-capability tasks by their lm-eval names ("NLI" -> mnli or qnli).
+#: They need their Hugging Face datasets (downloaded once into the HF cache).
+GLUE_MMLU_TASKS: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte", "mnli", "qnli", "mmlu")
+#: The toy world's local tasks (resolved to task-config dicts by :func:`resolve_tasks`).
+TOY_TASKS: tuple[str, ...] = ("toy_knowledge", "toy_acceptability")
+
+
+class ProbeUnavailableError(RuntimeError):
+    """lm-eval could not load a task (unknown name, or its dataset is not cached offline)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,43 @@ class ProbeRow:
     value: float
     n_samples: int
     filter: str = "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_tasks(tasks: Sequence[str | dict[str, Any]], artifacts_dir: Any = None) -> list[str | dict[str, Any]]:
+    """Toy task names -> their config dicts (absolute data paths); other names and dicts unchanged."""
+    toy = [t for t in tasks if isinstance(t, str) and t in TOY_TASKS]
+    if not toy:
+        return list(tasks)
+    from eval.toyworld import paths
+
+    configs = {c["task"]: c for c in paths.task_configs(artifacts_dir or paths.ARTIFACTS_DIR, tuple(toy))}
+    return [configs[t] if isinstance(t, str) and t in configs else t for t in tasks]
+
+
+def run_probes_with_deltas(
+    model: Any,
+    tokenizer: Any,
+    deltas: Mapping[str, Any],
+    tasks: Sequence[str | dict[str, Any]],
+    **kwargs: Any,
+) -> list[ProbeRow]:
+    """:func:`run_probes` on base + ``deltas`` ({param name: W_edited - W_base}), in memory.
+
+    The edited weights are snapshotted, the deltas added, the probes run, and the snapshot copied
+    back in a ``finally`` (bit-exact), so ``model`` holds its base weights again afterwards, also
+    when lm-eval raises. Not thread-safe: nothing else may use ``model`` meanwhile.
+    """
+    from alphaedit.state import apply_deltas, restore_weights, snapshot_weights
+
+    snapshot = snapshot_weights(model, list(deltas))
+    try:
+        apply_deltas(model, deltas)
+        return run_probes(model, tokenizer, tasks, **kwargs)
+    finally:
+        restore_weights(model, snapshot)
 
 
 def run_probes(
@@ -49,7 +96,8 @@ def run_probes(
     Args:
         model: a ``transformers.PreTrainedModel`` already on its device.
         tokenizer: its ``PreTrainedTokenizer[Fast]``.
-        tasks: lm-eval task names (``"sst2"``) and/or task-config dicts.
+        tasks: lm-eval task names (``"sst2"``, see ``GLUE_MMLU_TASKS``), the toy task names
+            (``TOY_TASKS``, resolved with :func:`resolve_tasks`) and/or task-config dicts.
         limit: at most this many documents per task (int) or a fraction (float < 1).
         include_path: folder of extra task YAMLs. lm-eval's built-in tasks are indexed only
             when some task is named by string.
@@ -58,6 +106,7 @@ def run_probes(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    tasks = resolve_tasks(tasks)
     # lm-eval's built-in tasks are indexed only when a task is named by string (5-7 s).
     named = any(isinstance(t, str) for t in tasks)
     task_manager = TaskManager(include_path=include_path, include_defaults=named)
@@ -69,7 +118,8 @@ def run_probes(
     )
     was_training = model.training
     try:
-        res = lm_eval.simple_evaluate(
+        res = _simple_evaluate(
+            lm_eval.simple_evaluate,
             model=lm,
             tasks=list(tasks),
             task_manager=task_manager,
@@ -85,6 +135,21 @@ def run_probes(
     finally:
         model.train(was_training)
     return rows_from_results(res)
+
+
+def _simple_evaluate(fn: Any, **kwargs: Any) -> dict[str, Any]:
+    """``simple_evaluate`` with dataset/name failures turned into :class:`ProbeUnavailableError`."""
+    try:
+        res = fn(**kwargs)
+    except (ConnectionError, OSError, KeyError) as exc:
+        names = [t if isinstance(t, str) else t.get("task", "?") for t in kwargs["tasks"]]
+        raise ProbeUnavailableError(
+            f"lm-eval could not load tasks {names} ({type(exc).__name__}: {exc}). Check the task names; real tasks "
+            "(e.g. sst2, mmlu) need their Hugging Face datasets in the local HF cache (run once online, or unset "
+            "HF_DATASETS_OFFLINE).") from exc
+    if res is None:
+        raise ProbeUnavailableError("lm-eval returned no results (non-zero rank?)")
+    return res
 
 
 def rows_from_results(res: dict[str, Any]) -> list[ProbeRow]:

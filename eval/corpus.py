@@ -1,0 +1,116 @@
+"""The preservation corpus (texts whose keys K0 AlphaEdit preserves), through ``datasets``.
+
+A :class:`CorpusSpec` names one source; :func:`iter_corpus` streams its texts:
+
+* ``wikipedia``: ``wikimedia/wikipedia`` at a configurable snapshot (default ``20231101.en``,
+  the one the 2026 reference refactor uses; the original ``wikipedia 20200501.en`` script is gone);
+* ``wikitext``: ``Salesforce/wikitext`` ``wikitext-103-raw-v1`` (empty lines dropped);
+* ``files``: local ``.txt`` (one document per line) / ``.json`` / ``.jsonl`` files with a text field,
+  read through ``datasets``' ``text`` / ``json`` builders (works offline);
+* ``toywiki``: the toy world's ``wiki.jsonl``.
+
+Hub sources stream (``streaming=True``), so nothing is downloaded past the ``n_docs`` read;
+offline, :class:`CorpusUnavailableError` says how to provide the data instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+CorpusKind = Literal["wikipedia", "wikitext", "files", "toywiki"]
+WIKIPEDIA_DATASET = "wikimedia/wikipedia"
+WIKITEXT_DATASET = "Salesforce/wikitext"
+
+
+class CorpusUnavailableError(RuntimeError):
+    """The corpus cannot be read (offline hub, missing files); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One preservation corpus. ``n_docs`` caps the documents read (None: all)."""
+
+    kind: CorpusKind = "toywiki"
+    snapshot: str = "20231101.en"  # wikipedia config name
+    wikitext_config: str = "wikitext-103-raw-v1"
+    split: str = "train"
+    files: tuple[str, ...] = field(default=())
+    text_field: str = "text"
+    n_docs: int | None = None
+
+    def key(self) -> str:
+        """A complete cache-key string (e.g. for the key-statistics artifact)."""
+        if self.kind == "wikipedia":
+            src = f"{WIKIPEDIA_DATASET}:{self.snapshot}:{self.split}"
+        elif self.kind == "wikitext":
+            src = f"{WIKITEXT_DATASET}:{self.wikitext_config}:{self.split}"
+        elif self.kind == "files":
+            src = "files:" + ",".join(str(Path(f).resolve()) for f in self.files) + f":{self.text_field}"
+        else:
+            src = "toywiki"
+        return f"{src}:n={self.n_docs}"
+
+
+def iter_corpus(spec: CorpusSpec) -> Iterator[str]:
+    """The corpus texts in order (non-empty ones only), at most ``spec.n_docs`` of them."""
+    texts = (t for t in _raw_texts(spec) if isinstance(t, str) and t.strip())
+    return itertools.islice(texts, spec.n_docs)
+
+
+def _raw_texts(spec: CorpusSpec) -> Iterator[str]:
+    import datasets
+
+    if spec.kind == "toywiki":
+        from eval.toyworld.paths import WIKI
+
+        if not WIKI.is_file():
+            raise CorpusUnavailableError(f"toy wiki {WIKI} not found; restore the toy world artifacts "
+                                         "(`git checkout -- eval/toyworld/artifacts` or `python -m eval.toyworld build`)")
+        spec = CorpusSpec(kind="files", files=(str(WIKI),), text_field="text", n_docs=spec.n_docs)
+    if spec.kind == "files":
+        yield from _file_texts(spec, datasets)
+        return
+    if spec.kind == "wikipedia":
+        args: tuple[str, ...] = (WIKIPEDIA_DATASET, spec.snapshot)
+    elif spec.kind == "wikitext":
+        args = (WIKITEXT_DATASET, spec.wikitext_config)
+    else:
+        raise ValueError(f"unknown corpus kind {spec.kind!r}; use wikipedia, wikitext, files or toywiki")
+    try:
+        ds = datasets.load_dataset(*args, split=spec.split, streaming=True)
+        for row in ds:
+            yield row[spec.text_field]
+    except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+        raise CorpusUnavailableError(
+            f"cannot read {'/'.join(args)} split {spec.split!r} ({type(exc).__name__}: {exc}). It streams from the "
+            "Hugging Face Hub: go online (unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), or save the texts as .jsonl "
+            "with a 'text' field and use kind='files'.") from exc
+
+
+def _file_texts(spec: CorpusSpec, datasets) -> Iterator[str]:
+    if not spec.files:
+        raise CorpusUnavailableError("corpus kind 'files' needs at least one path in `files`")
+    paths = [Path(f) for f in spec.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise CorpusUnavailableError(f"corpus files not found: {missing}")
+    suffixes = {p.suffix for p in paths}
+    if suffixes <= {".txt"}:
+        builder, text_field = "text", "text"
+    elif suffixes <= {".json", ".jsonl"}:
+        builder, text_field = "json", spec.text_field
+    else:
+        raise CorpusUnavailableError(f"corpus files must all be .txt or all .json/.jsonl, got {sorted(suffixes)}")
+    ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=True)
+    for row in ds:
+        if text_field not in row:
+            raise CorpusUnavailableError(f"{spec.files}: rows have no field {text_field!r} "
+                                         f"(fields: {sorted(row)}); set text_field")
+        yield row[text_field]
