@@ -70,14 +70,10 @@ def run_probes_with_deltas(
     back in a ``finally`` (bit-exact), so ``model`` holds its base weights again afterwards, also
     when lm-eval raises. Not thread-safe: nothing else may use ``model`` meanwhile.
     """
-    from alphaedit.state import apply_deltas, restore_weights, snapshot_weights
+    from eval.edited import edited_weights
 
-    snapshot = snapshot_weights(model, list(deltas))
-    try:
-        apply_deltas(model, deltas)
+    with edited_weights(model, deltas):
         return run_probes(model, tokenizer, tasks, **kwargs)
-    finally:
-        restore_weights(model, snapshot)
 
 
 def run_probes(

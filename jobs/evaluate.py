@@ -1,0 +1,170 @@
+"""Evaluate a checkpoint folder written by jobs/edit.py: rewrite metrics and lm-eval probes, pre and post edit.
+
+    python jobs/evaluate.py runs/edit-alphaedit-1000-100                     # toy world: all metrics + toy probes
+    python jobs/evaluate.py CKPT --no-pre --probes sst2,mmlu --probe-limit 100
+    python jobs/evaluate.py CKPT --snippets attribute_snippets --tfidf-vocab tfidf_vocab --idf idf   # real CF
+    python jobs/evaluate.py --zsre-to-counterfact zsre.json zsre_requests.json   # then: jobs/edit.py --dataset ...
+
+The edited records are the checkpoint's requests.json (as the reference evaluates every edited case
+after the last batch); requests made from zsRE records (``--zsre-to-counterfact``) are scored in the
+zsRE format, all others in the CounterFact format. Post-edit numbers are computed on the base model
+plus the checkpoint's deltas, in memory; the base weights are restored afterwards. Prints one table
+(metric | pre | post) and writes the rows as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # allow `python jobs/evaluate.py` from any directory
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from eval import datasets as ds  # noqa: E402
+from eval.edited import edited_weights, read_checkpoint  # noqa: E402
+from eval.probes import TOY_TASKS, run_probes  # noqa: E402
+from eval.rewrite import counterfact_metrics, zsre_metrics  # noqa: E402
+from eval.toyworld import paths as toy  # noqa: E402
+from storage import names  # noqa: E402
+
+log = logging.getLogger("jobs.evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder written by jobs/edit.py")
+    p.add_argument("--model", default=None, help="base model (default: run.json's model)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N edited records")
+    p.add_argument("--no-pre", action="store_true", help="skip the pre-edit (base model) numbers")
+    p.add_argument("--no-generation", action="store_true", help="skip fluency/consistency (CounterFact)")
+    p.add_argument("--snippets", default=None, help="attribute_snippets.json (path or 'attribute_snippets'); "
+                   "default: the toy world's for the toy model")
+    p.add_argument("--tfidf-vocab", default=None, help="tfidf_vocab.json (path or 'tfidf_vocab')")
+    p.add_argument("--idf", default=None, help="idf.npy (path or 'idf')")
+    p.add_argument("--probes", default=None, help="comma-separated lm-eval tasks (default: the toy tasks for "
+                   "the toy model, none otherwise); 'none' for none")
+    p.add_argument("--probe-limit", type=int, default=None, help="at most N documents per probe task")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="generation seed (fluency/consistency)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--json", default=None, help="write all rows (and timings) to this JSON file")
+    p.add_argument("--zsre-to-counterfact", nargs=2, metavar=("ZSRE_JSON", "OUT_JSON"),
+                   help="convert zsRE records into CounterFact-layout edit requests for jobs/edit.py, then exit")
+    p.add_argument("--log-level", default="WARNING")
+    return p.parse_args(argv)
+
+
+def convert_zsre(src: str, out: str) -> int:
+    loaded = ds.load_zsre(src)
+    Path(out).write_text(json.dumps([r.to_counterfact() for r in loaded.records], indent=1))
+    print(f"wrote {len(loaded.records)} edit requests to {out}")
+    return 0
+
+
+def is_toy(model: str) -> bool:
+    return Path(model).exists() and Path(model).resolve() == toy.MODEL_DIR.resolve()
+
+
+def consistency_inputs(args: argparse.Namespace, toy_model: bool) -> tuple[Any, Any]:
+    if args.snippets or args.tfidf_vocab or args.idf:
+        if not (args.snippets and args.tfidf_vocab and args.idf):
+            raise SystemExit("--snippets, --tfidf-vocab and --idf go together")
+        return ds.load_attribute_snippets(args.snippets), ds.load_tfidf(args.tfidf_vocab, args.idf)
+    if toy_model:
+        return ds.load_attribute_snippets(toy.ATTRIBUTE_SNIPPETS), ds.load_tfidf(toy.TFIDF_VOCAB, toy.IDF)
+    log.warning("no attribute snippets / tf-idf given: consistency is skipped")
+    return None, None
+
+
+def rewrite_rows(model, tok, ckpt, records, snippets, vec, args) -> list:
+    if ckpt.is_zsre:
+        return zsre_metrics(model, tok, records, batch_size=args.batch_size)
+    return counterfact_metrics(model, tok, records, snippets=snippets, vectorizer=vec,
+                               generation=not args.no_generation, batch_size=args.batch_size, seed=args.seed)
+
+
+def print_table(title: str, pre: dict[str, float] | None, post: dict[str, float], n: dict[str, int]) -> None:
+    print(f"\n{title}")
+    print(f"{'metric':<34}{'pre':>10}{'post':>10}{'n':>7}")
+    for key, value in post.items():
+        before = f"{pre[key]:10.2f}" if pre is not None and key in pre else f"{'-':>10}"
+        print(f"{key:<34}{before}{value:10.2f}{n[key]:7d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.zsre_to_counterfact:
+        return convert_zsre(*args.zsre_to_counterfact)
+    if not args.checkpoint:
+        raise SystemExit("pass a checkpoint folder (see --help)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t_start = time.perf_counter()
+    ckpt = read_checkpoint(args.checkpoint)
+    model_name = args.model or ckpt.run["model"]
+    toy_model = is_toy(model_name)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    tok = AutoTokenizer.from_pretrained(model_name)
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=getattr(torch, ckpt.run.get("dtype", "float32")))
+    model = model.to(device).eval()
+    deltas = ckpt.deltas(device)
+    dataset = names.DATASET_ZSRE if ckpt.is_zsre else names.DATASET_COUNTERFACT
+    requests = ckpt.requests[: args.limit]
+    loaded = (ds.zsre_from_requests if ckpt.is_zsre else ds.counterfact_from_requests)(
+        requests, ckpt.folder / "requests.json")
+    snippets, vec = (None, None) if ckpt.is_zsre or args.no_generation else consistency_inputs(args, toy_model)
+    tasks = ([] if args.probes == "none" else args.probes.split(",")) if args.probes else (
+        list(TOY_TASKS) if toy_model else [])
+    timings: dict[str, float] = {"load": time.perf_counter() - t_start}
+
+    def timed(stage: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+    rows: dict[str, list] = {}
+    probe_rows: dict[str, list] = {}
+    phases = ([] if args.no_pre else ["pre"]) + ["post"]
+    for phase in phases:
+        ctx = edited_weights(model, deltas) if phase == "post" else nullcontext(model)
+        with ctx:
+            rows[phase] = timed(f"{phase}_rewrite", lambda: rewrite_rows(model, tok, ckpt, loaded.records,
+                                                                          snippets, vec, args))
+            probe_rows[phase] = timed(f"{phase}_probes", lambda: run_probes(
+                model, tok, tasks, limit=args.probe_limit, batch_size=args.batch_size) if tasks else [])
+    timings["total"] = time.perf_counter() - t_start
+
+    method = ckpt.run.get("method", "?")
+    title = (f"{ckpt.folder.name}: {method}, {ckpt.run.get('n_edits', len(ckpt.requests))} edits in batches of "
+             f"{ckpt.run.get('batch_size', '?')}, {dataset} ({len(loaded.records)} records), x100")
+    as_table = {phase: {r.metric: r.value for r in rs} for phase, rs in rows.items()}
+    n = {r.metric: r.n_cases for r in rows["post"]}
+    for phase, prs in probe_rows.items():
+        as_table[phase].update({f"probe {p.task}/{p.metric}": 100 * p.value for p in prs})
+        if phase == "post":
+            n.update({f"probe {p.task}/{p.metric}": p.n_samples for p in prs})
+    print_table(title, as_table.get("pre"), as_table["post"], n)
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "checkpoint": str(ckpt.folder), "method": method, "dataset": dataset,
+            "rows": {ph: [r.as_dict() for r in rs] for ph, rs in rows.items()},
+            "probes": {ph: [p.as_dict() for p in ps] for ph, ps in probe_rows.items()},
+            "timings": timings,
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
