@@ -89,7 +89,8 @@ def rewrite_rows(model, tok, ckpt, records, snippets, vec, args) -> list:
     if ckpt.is_zsre:
         return zsre_metrics(model, tok, records, batch_size=args.batch_size)
     return counterfact_metrics(model, tok, records, snippets=snippets, vectorizer=vec,
-                               generation=not args.no_generation, batch_size=args.batch_size, seed=args.seed)
+                               generation=not args.no_generation, batch_size=args.batch_size,
+                               generation_batch_size=args.batch_size, seed=args.seed)
 
 
 def print_table(title: str, pre: dict[str, float] | None, post: dict[str, float], n: dict[str, int]) -> None:
