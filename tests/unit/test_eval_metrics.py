@@ -101,11 +101,13 @@ def test_counterfact_probability_metrics_on_bigram_model() -> None:
     model = _bigram_world()
     # after " in": P(Paris) > P(Berlin) > every other token; after " a" everything is uniform
     records = [
-        _cf(0, "Paris", "Berlin", ["Anna Varo lives in", "Anna Varo works as a"], ["Boris Quill was born in"]),
+        _cf(0, "Paris", "Berlin", ["Anna Varo lives in", "Anna Varo works as a"],
+            ["Boris Quill was born in", "Boris Quill works as a"]),
         _cf(1, "Berlin", "Paris", ["Anna Varo lives in"], ["Boris Quill lives in", "Clara Marsh was born in"]),
     ]
     rows = rows_as_dict(counterfact_metrics(model, tok, records, generation=False, batch_size=3))
-    # record 0: rewrite Paris>Berlin ok; paraphrases: ok, tie (not >) -> 1/2; neighborhood: true Berlin loses -> 0
+    # record 0: rewrite Paris>Berlin ok; paraphrases: ok, tie (not >) -> 1/2;
+    #           neighborhood: true Berlin loses, tie (not <) -> 0
     # record 1: rewrite fails; paraphrase fails; neighborhood: true Paris wins twice -> 1
     assert rows[names.METRIC_EFFICACY] == pytest.approx(100 * (1 + 0) / 2)
     assert rows[names.METRIC_GENERALIZATION] == pytest.approx(100 * (0.5 + 0) / 2)
@@ -114,7 +116,7 @@ def test_counterfact_probability_metrics_on_bigram_model() -> None:
     d = (math.exp(2) - math.exp(1)) / z  # P(Paris | in) - P(Berlin | in)
     assert rows[names.METRIC_EFFICACY_MAGNITUDE] == pytest.approx(100 * (d - d) / 2, abs=1e-4)
     assert rows[names.METRIC_GENERALIZATION_MAGNITUDE] == pytest.approx(100 * ((d + 0) / 2 - d) / 2, abs=1e-4)
-    assert rows[names.METRIC_SPECIFICITY_MAGNITUDE] == pytest.approx(100 * (-d + d) / 2, abs=1e-4)
+    assert rows[names.METRIC_SPECIFICITY_MAGNITUDE] == pytest.approx(100 * ((-d + 0) / 2 + d) / 2, abs=1e-4)
     assert names.METRIC_FLUENCY not in rows
 
 
