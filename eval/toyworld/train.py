@@ -54,7 +54,7 @@ class TrainSpec:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    max_steps: int = 4000
+    max_steps: int = 3000
     eval_every: int = 200
     eval_sample: int = 2000
     target_recall: float = 0.99
