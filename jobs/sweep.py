@@ -1,0 +1,139 @@
+"""Run a grid of sequential-editing experiments on Ray; every number lands in DuckDB.
+
+    python jobs/sweep.py                                   # default demo on the toy world (local Ray)
+    python jobs/sweep.py --config jobs/configs/gpt2-xl.yaml --set n_edits=[2000]
+    ray job submit --working-dir . -- python jobs/sweep.py --config ... --set results=/shared/results.duckdb
+
+The config (YAML) expands models x methods x batch sizes x n_edits x datasets x seeds x hparams
+overrides into run cells (see cluster/config.py). Under `ray job submit` the job joins the cluster
+(RAY_ADDRESS is set); run directly, it starts a local Ray. Relative `results`/`artifact_root`
+paths are resolved against the repository root; under `ray job submit` that is the uploaded copy,
+so give absolute paths on shared storage there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python jobs/sweep.py` from any directory
+    sys.path.insert(0, str(REPO))
+
+from cluster.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG  # noqa: E402
+from cluster.config import SweepConfigError, load_config  # noqa: E402
+
+log = logging.getLogger("jobs.sweep")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: the toy-world demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set eval_every=100 --set models.0.num_gpus=1")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    p.add_argument("--rerun", choices=["resume", "replace"], default="resume",
+                   help="runs already in the database: resume/skip them (default) or replace them")
+    return p.parse_args(argv)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve(path: str) -> str:
+    return path if "://" in path or Path(path).is_absolute() else str(REPO / path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except SweepConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep_id = cfg.sweep_id or f"sweep-{cfg.hash[:10]}"
+    log.info("resolved config (hash %s, sweep %s):\n%s", cfg.hash, sweep_id, json.dumps(cfg.to_dict(), indent=1))
+
+    import ray
+    from tqdm.auto import tqdm
+
+    from cluster.pipeline import GET_TIMEOUT_S, ResourceError, register, run_model, start_writer
+    from storage.artifacts import ArtifactStore
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    t0 = time.time()
+    results = resolve(cfg.results)
+    if "://" not in results:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+    writer = start_writer(results)
+    store = ArtifactStore(resolve(cfg.artifact_root))
+    exit_code = 0
+    try:
+        todo = register(cfg, sweep_id, writer, git_sha(), on_existing=args.rerun)
+        total_cells = len(list(cfg.cells()))
+        log.info("%d run cells, %d to run (%d finished earlier)", total_cells, len(todo), total_cells - len(todo))
+        by_model: dict[str, list] = {}
+        for cell in todo.values():
+            by_model.setdefault(cell.model.name, []).append(cell)
+        batches = sum(-(-c.n_edits // c.batch_size) for c in todo.values())
+        bar = tqdm(total=batches, desc="edit batches", unit="batch")
+
+        def progress(msg: str) -> None:
+            if msg.endswith("edits"):
+                bar.update(1)
+            bar.set_postfix_str(msg[-60:], refresh=False)
+
+        statuses: dict[str, str] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(by_model))) as pool:  # models run in parallel
+            futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, progress)
+                       for cells in by_model.values()]
+            for f in futures:
+                statuses.update(f.result())
+        bar.close()
+        summary = ray.get(writer.canned.remote("method_comparison"), timeout=GET_TIMEOUT_S)
+        probes = ray.get(writer.query.remote(
+            "SELECT r.method, p.task, p.edits_done, round(p.value, 4) AS value FROM probes p JOIN runs r USING (run_id) "
+            f"WHERE r.sweep_id = '{sweep_id}' AND p.metric = 'acc' ORDER BY 2, 1, 3"), timeout=GET_TIMEOUT_S)
+        import polars as pl
+
+        with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):
+            print(f"\nsweep {sweep_id}: {len(statuses)} cells run in {time.time() - t0:.0f} s; results in {results}")
+            print(summary)
+            print(probes)
+        failed = {rid: s for rid, s in statuses.items() if s != "finished"}
+        if failed:
+            print(f"{len(failed)} cells failed; see `SELECT run_id, error FROM runs WHERE status = 'failed'`")
+            exit_code = 1
+        print(f"query: python -m storage.query --db {results} method_comparison")
+    except ResourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        exit_code = 2
+    finally:
+        try:
+            ray.get(writer.close.remote(), timeout=60)
+        finally:
+            ray.shutdown()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

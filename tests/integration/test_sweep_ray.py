@@ -1,0 +1,83 @@
+"""The sweep end to end: a real Ray head, `ray job submit`, a real DuckDB file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    dport = _free_port()
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
+                    "--dashboard-port", str(dport), "--include-dashboard", "true", "--disable-usage-stats"],
+                   env=env, check=True, timeout=180, capture_output=True)
+    try:
+        yield f"http://127.0.0.1:{dport}", env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=180, capture_output=True)
+
+
+def _submit(address: str, env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+           "python", "jobs/sweep.py", *[a for o in overrides for a in ("--set", o)]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path) -> None:
+    import duckdb
+
+    address, env = ray_head
+    db = tmp_path / "results.duckdb"
+    overrides = ("n_edits=[20]", "batch_sizes=[10]", "eval_every=10", "probes.limit=20",
+                 "metrics.generation_records=2", f"results={db}", f"artifact_root={tmp_path / 'artifacts'}")
+    first = _submit(address, env, *overrides)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert "key statistics from the artifact store" in first.stdout + first.stderr, "second cell must reuse stats"
+
+    def counts() -> dict[str, int]:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            out = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                   for t in ("runs", "metrics", "probes", "timings", "artifacts")}
+            out["finished"] = con.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone()[0]
+            out["dupes"] = con.execute(
+                "SELECT count(*) FROM (SELECT run_id, edits_done, dataset, metric FROM metrics "
+                "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+            out["edits_done"] = sorted(r[0] for r in con.execute("SELECT DISTINCT edits_done FROM metrics").fetchall())
+            out["post_efficacy_rows"] = con.execute(
+                "SELECT count(*) FROM metrics WHERE metric = 'efficacy' AND edits_done = 20").fetchone()[0]
+            return out
+        finally:
+            con.close()
+
+    c1 = counts()
+    assert c1["runs"] == 2 and c1["finished"] == 2 and c1["dupes"] == 0
+    assert c1["edits_done"] == [0, 10, 20] and c1["post_efficacy_rows"] == 2
+    assert c1["metrics"] == 2 * 3 * 8  # 2 runs x 3 checkpoints x (6 probability + fluency + consistency)
+    assert c1["probes"] == 2 * 3 * 3  # toy_knowledge acc/acc_norm + toy_acceptability acc
+    assert c1["artifacts"] == 2  # key statistics of the 2 edited layers, stored once
+
+    again = _submit(address, env, *overrides)  # same sweep again: finished cells are skipped
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "0 to run" in again.stdout + again.stderr
+    assert counts() == c1

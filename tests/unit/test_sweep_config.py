@@ -1,0 +1,66 @@
+"""Sweep config: validation reports every problem at once; overrides; the grid."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cluster.config import DEFAULT_CONFIG_PATH, SweepConfigError, apply_override, load_config, parse_config
+
+
+def raw_default() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+
+
+def test_default_config_is_the_toy_demo() -> None:
+    cfg = load_config(DEFAULT_CONFIG_PATH)
+    assert cfg.methods == ("alphaedit", "memit") and cfg.n_edits == (1000,) and cfg.batch_sizes == (100,)
+    assert cfg.eval_every == 200
+    cells = list(cfg.cells())
+    assert len(cells) == 2
+    assert cells[0].checkpoints() == [0, 200, 400, 600, 800, 1000]
+    assert len({c.run_id("s") for c in cells}) == 2
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = raw_default()
+    raw["methods"] = ["alphaedit", "rome2"]
+    raw["batch_sizes"] = [0]
+    raw["eval_every"] = -1
+    raw["models"][0]["preset"] = "nope"
+    raw["hparams_overrides"] = [{"l2": 1.0, "not_a_field": 3}]
+    raw["typo_key"] = 1
+    with pytest.raises(SweepConfigError) as err:
+        parse_config(raw, "test.yaml")
+    text = str(err.value)
+    for needle in ("rome2", "batch_sizes", "eval_every", "models.0.preset", "not_a_field", "typo_key"):
+        assert needle in text, needle
+    assert len(err.value.problems) == 6
+
+
+def test_overrides_of_single_keys() -> None:
+    cfg = load_config(DEFAULT_CONFIG_PATH, ["n_edits=[20, 40]", "models.0.num_gpus=1", "probes.limit=5",
+                                            "methods=[memit]"])
+    assert cfg.n_edits == (20, 40) and cfg.models[0].num_gpus == 1 and cfg.probes.limit == 5
+    assert cfg.methods == ("memit",)
+    assert len(list(cfg.cells())) == 2
+    raw: dict = {"a": {"b": 1}}
+    apply_override(raw, "a.c=[1, 2]")
+    assert raw == {"a": {"b": 1, "c": [1, 2]}}
+    with pytest.raises(SweepConfigError):
+        apply_override(raw, "novalue")
+
+
+def test_config_hash_changes_with_content() -> None:
+    a = load_config(DEFAULT_CONFIG_PATH)
+    b = load_config(DEFAULT_CONFIG_PATH, ["seeds=[1]"])
+    assert a.hash == load_config(DEFAULT_CONFIG_PATH).hash and a.hash != b.hash
+
+
+def test_grid_expands_all_axes() -> None:
+    cfg = load_config(DEFAULT_CONFIG_PATH, ["batch_sizes=[10, 20]", "seeds=[0, 1, 2]", "datasets=[counterfact, zsre]",
+                                            "hparams_overrides=[{}, {l2: 1.0}]"])
+    cells = list(cfg.cells())
+    assert len(cells) == 2 * 2 * 3 * 2 * 2
+    assert {c.hparams().l2 for c in cells} == {cfg.cells().__next__().hparams().l2, 1.0}
+    assert len({c.run_id("s") for c in cells}) == len(cells)
