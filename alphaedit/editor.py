@@ -97,7 +97,8 @@ def compute_deltas(
         for i, layer in enumerate(layers):
             t1 = time.perf_counter()
             reps = subject_representations(
-                model, tokenizer, spec, requests, templates, [layer], layers[-1], hparams.prompt_batch_size
+                model, tokenizer, spec, requests, templates, [layer], layers[-1], hparams.prompt_batch_size,
+                hparams.fact_token,
             )
             _sync(device)
             t2 = time.perf_counter()
@@ -134,7 +135,8 @@ def prev_keys_increment(
     """K1 K1ᵀ (d_k x d_k, float32) of every edited layer under the current (edited) model, one pass."""
     spec = spec or spec_for(model)
     reps = subject_representations(
-        model, tokenizer, spec, requests, templates, hparams.layers, None, hparams.prompt_batch_size
+        model, tokenizer, spec, requests, templates, hparams.layers, None, hparams.prompt_batch_size,
+        hparams.fact_token,
     )
     return {layer: k.T @ k for layer, k in reps.keys.items()}  # (d_k, u) @ (u, d_k)
 

@@ -32,6 +32,7 @@ def subject_representations(
     key_layers: Sequence[int],
     block_layer: int | None = None,
     batch_rows: int = 512,
+    fact_token: str = "subject_last",
 ) -> SubjectReps:
     """Keys at ``key_layers`` and the block output at ``block_layer``, from one pass per row batch.
 
@@ -45,7 +46,8 @@ def subject_representations(
         raise ValueError("subject_representations: the first context template must be the bare '{}'")
     n_tmpl, u = len(flat), len(requests)
     key_layers = sorted(set(key_layers))
-    prompts = subject_prompts(tokenizer, request_prompts(requests, flat), [r.subject for r in requests for _ in flat])
+    prompts = subject_prompts(tokenizer, request_prompts(requests, flat), [r.subject for r in requests for _ in flat],
+                              fact_token)
     device = model_device(model)
     pad = pad_id(tokenizer)
     key_names = [spec.mlp_out_name(layer) for layer in key_layers]

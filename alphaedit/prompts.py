@@ -18,12 +18,16 @@ class SubjectPrompt:
     lookup: int  # index of the subject's last token in ids
 
 
-def subject_prompts(tokenizer, templated: Sequence[str], subjects: Sequence[str]) -> list[SubjectPrompt]:
-    """Tokenize ``templated[i]`` (one "{}") filled with ``subjects[i]``; find the subject's last token.
+def subject_prompts(tokenizer, templated: Sequence[str], subjects: Sequence[str],
+                    fact_token: str = "subject_last") -> list[SubjectPrompt]:
+    """Tokenize ``templated[i]`` (one "{}") filled with ``subjects[i]``; find the lookup token.
 
-    The index is len(tokens(prefix + subject)) - 1, prefix = the text before "{}" (reference
-    ``subject_last``); special tokens such as Llama's BOS count, as in the reference.
+    ``fact_token="subject_last"`` (reference default): the subject's last token, at index
+    len(tokens(prefix + subject)) - 1 with prefix = the text before "{}"; special tokens such as
+    Llama's BOS count, as in the reference. ``fact_token="last"``: the prompt's last token.
     """
+    if fact_token not in ("subject_last", "last"):
+        raise ValueError(f"fact_token must be 'subject_last' or 'last', got {fact_token!r}")
     if len(templated) != len(subjects):
         raise ValueError("subject_prompts: templated prompts and subjects differ in length")
     full = [fill_subject(t, s) for t, s in zip(templated, subjects, strict=True)]
@@ -35,6 +39,8 @@ def subject_prompts(tokenizer, templated: Sequence[str], subjects: Sequence[str]
         lookup = len(head) - 1
         if ids[: len(head)] != head:
             logger.debug("subject tokenization differs inside the full prompt %r; using index %d", text, lookup)
+        if fact_token == "last":
+            lookup = len(ids) - 1
         out.append(SubjectPrompt(ids, min(lookup, len(ids) - 1)))
     return out
 

@@ -89,9 +89,9 @@ def compute_targets(
         if not ids:
             raise ValueError(f"case_id={r.case_id!r}: target_new {r.target_new!r} tokenizes to no tokens")
     rewrite = subject_prompts(
-        tokenizer, request_prompts(requests, flat), [r.subject for r in requests for _ in flat]
+        tokenizer, request_prompts(requests, flat), [r.subject for r in requests for _ in flat], hparams.fact_token
     )
-    kl = subject_prompts(tokenizer, [hparams.kl_prompt] * u, [r.subject for r in requests])
+    kl = subject_prompts(tokenizer, [hparams.kl_prompt] * u, [r.subject for r in requests], hparams.fact_token)
 
     rows: list[list[int]] = []
     label_row, label_pos, label_tok, label_req = [], [], [], []
