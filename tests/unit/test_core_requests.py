@@ -91,3 +91,20 @@ def test_import_alphaedit_loads_no_ray_or_other_layers():
             "'cluster') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hparams_presets_roundtrip_and_validate():
+    from alphaedit.hparams import PRESETS, EditHparams, preset
+
+    assert {"gpt2-xl", "gpt-j", "llama3-8b", "toy"} <= set(PRESETS)
+    assert preset("gpt2-xl").layers == (13, 14, 15, 16, 17) and preset("gpt-j").v_num_grad_steps == 25
+    assert preset("llama3-8b").v_lr == 0.1 and preset("llama3-8b").l2 == 10.0
+    for hp in PRESETS.values():
+        assert EditHparams.from_dict(hp.to_dict()) == hp
+    assert preset("toy").digest() != preset("toy", l2=1.0).digest()
+    with pytest.raises(ValueError, match="ascending"):
+        EditHparams(layers=(2, 1))
+    with pytest.raises(ValueError, match="unknown EditHparams"):
+        EditHparams.from_dict({"layers": [1], "lr": 3})
+    with pytest.raises(KeyError, match="known"):
+        preset("gpt-4")
