@@ -102,9 +102,6 @@ def test_evaluate_agrees_with_direct_computation_after_jobs_edit(toy, edited) ->
     assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="editing core: on the rebuilt toy model (6e4dbbb) the z optimization does "
-                   "not flip facts (z loss ~12 nats after 25 steps; jobs/edit.py --eval also reports efficacy 0 -> 0). "
-                   "Remove this marker once edits take.")
 def test_efficacy_and_generalization_rise_after_jobs_edit(edited) -> None:
     from storage import names
 
