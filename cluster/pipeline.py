@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from alphaedit import SecondMoment, spec_for
+from alphaedit import spec_for
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.workers import (
     CellStart,
@@ -141,14 +141,14 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
                                            retry_exceptions=False)
     refs = [task.remote(model.resolve(model.path), texts[a:b], hp.to_dict(), model.num_gpus)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    merged: dict[int, SecondMoment] = {}
+    shards = []
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=GET_TIMEOUT_S)
         if not done:
             raise TimeoutError(f"{model.name}: statistics shard did not finish in {GET_TIMEOUT_S} s")
-        shard = merge_shards([ray.get(done[0])])
-        merged = shard if not merged else {k: merged[k].merge(v) for k, v in shard.items()}
+        shards.append(ray.get(done[0]))
+    merged = merge_shards(shards)
     records = []
     out = {}
     for layer, acc in merged.items():

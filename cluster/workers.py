@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphaedit import EditHparams, Editor, SecondMoment, requests_from_counterfact, spec_for
+from alphaedit import (
+    EditHparams,
+    Editor,
+    SecondMoment,
+    kept_fraction,
+    merge_stats,
+    requests_from_counterfact,
+    spec_for,
+)
 from alphaedit.state import restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
 
@@ -61,19 +69,12 @@ def stats_shard(model_path: str, texts: Sequence[str], hparams: Mapping[str, Any
 
 
 def merge_shards(shards: Sequence[StatsArrays]) -> dict[int, SecondMoment]:
-    """Exact merge: sums and counts add."""
-    out: dict[int, SecondMoment] = {}
-    for shard in shards:
-        for layer, (sum_kkT, count) in shard.items():
-            acc = SecondMoment(torch.from_numpy(np.array(sum_kkT, dtype=np.float64)), int(count))
-            out[layer] = acc if layer not in out else out[layer].merge(acc)
-    return out
-
-
-def check_finite(stats: Mapping[int, SecondMoment], what: str) -> None:
-    for layer, acc in stats.items():
-        if not torch.isfinite(acc.sum_kkT).all():
-            raise FloatingPointError(f"{what}: key statistics of layer {layer} contain NaN/Inf")
+    """Exact merge of shard arrays (sums and counts add), through :func:`alphaedit.merge_stats`."""
+    return merge_stats(
+        {layer: SecondMoment(torch.from_numpy(np.array(sum_kkT, dtype=np.float64)), int(count))
+         for layer, (sum_kkT, count) in shard.items()}
+        for shard in shards
+    )
 
 
 # --- the editor -----------------------------------------------------------------------------------
@@ -125,9 +126,7 @@ class EditorWorker:
         self.run_id = cell.run_id
         info: dict[str, Any] = {"setup_seconds": time.perf_counter() - t0}
         if self.editor.projectors is not None:
-            info["projector_kept"] = {
-                int(layer): float(torch.diagonal(p).sum() / p.shape[0]) for layer, p in self.editor.projectors.items()
-            }
+            info["projector_kept"] = {int(layer): kept_fraction(p) for layer, p in self.editor.projectors.items()}
         return info
 
     def edit(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
