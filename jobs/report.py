@@ -1,0 +1,51 @@
+"""Write a self-contained HTML report (plots + the paper's Table 1 layout) of a results file.
+
+    python jobs/report.py --db results/results.duckdb --out results/report
+    python jobs/report.py --db results/results.duckdb --sweep <sweep id> --out results/report-<sweep id>
+
+Open <out>/index.html in any browser; it needs no network. The file is opened read-only, so a
+sweep that is still running (and holds the file) makes this fail with a message saying how to
+take a snapshot instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python jobs/report.py` from any directory
+    sys.path.insert(0, str(REPO))
+
+from storage.report import write_report  # noqa: E402
+from storage.report.data import UnknownSweepError  # noqa: E402
+from storage.schema import SchemaVersionError  # noqa: E402
+from storage.sql import ResultsLockedError  # noqa: E402
+
+log = logging.getLogger("jobs.report")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", required=True, help="results DuckDB file (written by a sweep)")
+    p.add_argument("--sweep", default=None, help="only the runs of this sweep id (default: all runs)")
+    p.add_argument("--out", required=True, help="output folder; index.html is written there (may exist)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        index = write_report(args.db, args.out, sweep_id=args.sweep)
+    except (FileNotFoundError, ResultsLockedError, SchemaVersionError, UnknownSweepError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 1
+    print(f"report written: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Report plots as PNG bytes, drawn with matplotlib's Agg renderer (no display, no pyplot state).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, so nothing here switches a global
+backend or keeps figures alive between calls. A panel that should hold data but has none says
+"missing" in red on the panel itself and is listed in :attr:`Plot.missing`, so a missing curve
+never looks like a flat one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+from matplotlib.figure import Figure
+
+from storage import names
+from storage.names import RunStatus
+
+log = logging.getLogger(__name__)
+
+_PANEL_W, _PANEL_H, _MAX_COLS = 4.4, 3.2, 3
+_DPI = 100
+_MISSING_COLOR = "#b00020"
+_STAGE_ORDER = (names.STAGE_KEY_STATS, names.STAGE_PROJECTOR, names.STAGE_TARGETS, names.STAGE_SOLVE,
+                names.STAGE_EDIT_BATCH, names.STAGE_CHECKPOINT, names.STAGE_REWRITE_EVAL, names.STAGE_PROBE)
+_EXPECTED_METRICS: dict[str, tuple[str, ...]] = {
+    names.DATASET_COUNTERFACT: tuple(names.TABLE1_HEADERS),
+    names.DATASET_ZSRE: names.ZSRE_METRICS,
+}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure of the report."""
+
+    plot_id: str  # stable id, e.g. "metric-efficacy", "probe-toy_knowledge-acc", "timings"
+    title: str
+    png: bytes
+    missing: tuple[str, ...] = ()  # panels that have no data, e.g. "toy-gpt2 · counterfact"
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _grid(n: int, title: str) -> tuple[Figure, list]:
+    cols = min(n, _MAX_COLS)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(_PANEL_W * cols, _PANEL_H * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes[:n]
+
+
+def _mark_missing(ax, why: str) -> None:
+    ax.text(0.5, 0.5, f"missing\n{why}", ha="center", va="center", color=_MISSING_COLOR,
+            fontsize=11, fontweight="bold", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color(_MISSING_COLOR)
+        spine.set_linestyle("--")
+
+
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """A fixed colour per method (same in every figure), from matplotlib's tab10 cycle."""
+    palette = [f"C{i}" for i in range(10)]
+    return {m: palette[i % len(palette)] for i, m in enumerate(sorted(set(methods)))}
+
+
+def _line_label(method: str, batch_size: int) -> str:
+    return f"{method} (b={batch_size})"
+
+
+def _failed_note(runs: pl.DataFrame, model: str, dataset: str | None = None) -> str:
+    sel = runs.filter(pl.col("model") == model)
+    if dataset is not None:
+        sel = sel.filter(pl.col("dataset") == dataset)
+    n_failed = sel.filter(pl.col("status") == RunStatus.FAILED).height
+    return f" ({n_failed} run{'s' if n_failed > 1 else ''} failed)" if n_failed else ""
+
+
+def _metric_order(metrics: Iterable[str]) -> list[str]:
+    known = list(names.COUNTERFACT_METRICS)
+    ms = set(metrics)
+    return [m for m in known if m in ms] + sorted(ms - set(known))
+
+
+def metric_plots(curves: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
+    """One figure per rewrite metric: value vs. edits done, a line per (method, batch size),
+    one panel per (model, dataset); a band shows the std over runs where there are several."""
+    colors = method_colors(runs["method"].to_list() + curves["method"].to_list())
+    pairs = sorted({(r["model"], r["dataset"]) for r in runs.select("model", "dataset").to_dicts()}
+                   | {(r["model"], r["dataset"]) for r in curves.select("model", "dataset").to_dicts()})
+    wanted = {m for _, ds in pairs for m in _EXPECTED_METRICS.get(ds, ())} | set(curves["metric"].to_list())
+    plots = []
+    for metric in _metric_order(wanted):
+        m_curves = curves.filter(pl.col("metric") == metric)
+        panels = [(mo, ds) for mo, ds in pairs
+                  if metric in _EXPECTED_METRICS.get(ds, ()) or m_curves.filter(
+                      (pl.col("model") == mo) & (pl.col("dataset") == ds)).height]
+        if not panels:
+            continue
+        header = names.TABLE1_HEADERS.get(metric)
+        title = f"{metric} ({header})" if header else metric
+        fig, axes = _grid(len(panels), f"{title} vs. edits done")
+        missing = []
+        for ax, (model, dataset) in zip(axes, panels, strict=True):
+            ax.set_title(f"{model} · {dataset}{_failed_note(runs, model, dataset)}", fontsize=9)
+            sel = m_curves.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
+            if sel.height == 0:
+                _mark_missing(ax, f"{metric} not computed")
+                missing.append(f"{model} · {dataset}")
+                continue
+            for (method, bs), line in sel.sort("edits_done").group_by(["method", "batch_size"], maintain_order=True):
+                x, y = line["edits_done"].to_numpy(), line["value"].to_numpy()
+                ax.plot(x, y, marker="o", ms=3, color=colors[method], label=_line_label(method, bs))
+                std = line["std"].fill_null(0.0).to_numpy()
+                if std.any():
+                    ax.fill_between(x, y - std, y + std, color=colors[method], alpha=0.15, linewidth=0)
+            ax.set_xlabel("edits done")
+            ax.set_ylabel(header or metric)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        plots.append(Plot(f"metric-{metric}", title, _png(fig), tuple(missing)))
+    return plots
+
+
+def probe_plots(probes: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
+    """One figure per (probe task, metric): value minus the unedited model's value vs. edits done,
+    a line per (method, batch size), one panel per model."""
+    colors = method_colors(runs["method"].to_list() + probes["method"].to_list())
+    models = sorted(set(runs["model"].to_list()) | set(probes["model"].to_list()))
+    plots = []
+    for (task, metric), sel in probes.sort("task", "metric").group_by(["task", "metric"], maintain_order=True):
+        fig, axes = _grid(len(models), f"{task} / {metric}: change from the unedited model")
+        missing = []
+        for ax, model in zip(axes, models, strict=True):
+            ax.set_title(f"{model}{_failed_note(runs, model)}", fontsize=9)
+            m_sel = sel.filter(pl.col("model") == model)
+            if m_sel.height == 0:
+                _mark_missing(ax, "not probed")
+                missing.append(f"{model}: not probed")
+                continue
+            if m_sel["baseline"].is_null().all():
+                _mark_missing(ax, "no unedited (edits_done = 0) probe")
+                missing.append(f"{model}: no unedited baseline")
+                continue
+            for (method, bs), line in m_sel.sort("edits_done").group_by(["method", "batch_size"], maintain_order=True):
+                ax.plot(line["edits_done"].to_numpy(), line["delta"].to_numpy(), marker="o", ms=3,
+                        color=colors[method], label=_line_label(method, bs))
+            base = m_sel["baseline"].drop_nulls()[0]
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+            ax.set_xlabel("edits done")
+            ax.set_ylabel(f"Δ {metric} (unedited = {base:.3g})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        plots.append(Plot(f"probe-{task}-{metric}", f"{task} / {metric}", _png(fig), tuple(missing)))
+    return plots
+
+
+def _stage_order(stages: Sequence[str]) -> list[str]:
+    s = set(stages)
+    return [x for x in _STAGE_ORDER if x in s] + sorted(s - set(_STAGE_ORDER))
+
+
+def timing_plot(timings: pl.DataFrame) -> Plot | None:
+    """Seconds per run by stage, one stacked bar per (model, method, batch size); None if no timings."""
+    if timings.height == 0:
+        return None
+    keys = timings.select("model", "method", "batch_size").unique().sort("model", "method", "batch_size").rows()
+    stages = _stage_order(timings["stage"].unique().to_list())
+    fig = Figure(figsize=(9.0, 1.2 + 0.45 * len(keys)), layout="constrained")
+    ax = fig.subplots()
+    left = [0.0] * len(keys)
+    for i, stage in enumerate(stages):
+        widths = []
+        for model, method, bs in keys:
+            row = timings.filter((pl.col("model") == model) & (pl.col("method") == method)
+                                 & (pl.col("batch_size") == bs) & (pl.col("stage") == stage))
+            widths.append(float(row["seconds_per_run"][0]) if row.height else 0.0)
+        ax.barh(range(len(keys)), widths, left=left, color=f"C{i % 10}", label=stage)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_yticks(range(len(keys)), [f"{mo} · {_line_label(me, bs)}" for mo, me, bs in keys], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per run")
+    ax.set_title("Time per stage (mean over runs that recorded it)")
+    ax.legend(fontsize=7, ncols=min(len(stages), 4), loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return Plot("timings", "Time per stage", _png(fig))

@@ -1,0 +1,176 @@
+"""The paper's Table 1 layout for our runs: one table per dataset, the paper's numbers beside ours.
+
+Rows, per model: our unedited model (``edits_done = 0``), the paper's "Pre-edited" row, then
+one row per (method, batch size, n_edits) at each run's final step (mean over seeds, as the
+``method_comparison`` query gives it), each followed by the paper's row for that method when the
+paper has one. A cell without a number says why: ``failed`` (a run of the row failed),
+``pending``/``running`` (not there yet) or ``missing`` (the metric was not computed); never 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from storage import names
+from storage.names import RunStatus
+from storage.report import paper
+from storage.report.data import ReportData
+
+_TABLE1_METRICS: tuple[str, ...] = tuple(names.TABLE1_HEADERS)
+_COLUMNS_BY_DATASET: dict[str, tuple[str, ...]] = {
+    names.DATASET_COUNTERFACT: _TABLE1_METRICS,
+    names.DATASET_ZSRE: (names.METRIC_EFFICACY, names.METRIC_GENERALIZATION, names.METRIC_SPECIFICITY),
+}
+_DATASET_TITLES = {names.DATASET_COUNTERFACT: "CounterFact", names.DATASET_ZSRE: "ZsRE"}
+
+
+class CellKind(StrEnum):
+    """What a table cell holds; the HTML styles each kind (CSS class of the same name)."""
+
+    VALUE = "value"
+    FAILED = "failed"
+    PENDING = "pending"
+    MISSING = "missing"
+
+
+class RowKind(StrEnum):
+    OURS = "ours"
+    UNEDITED = "unedited"
+    PAPER = "paper"
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: CellKind
+    text: str
+    title: str = ""  # tooltip: why a number is absent
+
+
+@dataclass(frozen=True)
+class TableRow:
+    kind: RowKind
+    model: str
+    method: str
+    batch_size: int | None
+    n_edits: int | None
+    runs: str  # e.g. "2 finished, 1 failed", or the paper citation
+    any_failed: bool
+    cells: tuple[Cell, ...]  # one per column of the table
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    dataset: str
+    title: str
+    metrics: tuple[str, ...]
+    rows: tuple[TableRow, ...]
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return tuple(names.TABLE1_HEADERS[m] for m in self.metrics)
+
+
+def format_value(value: float) -> str:
+    """A metric value as the paper prints it (two decimals)."""
+    return f"{value:.2f}"
+
+
+def _columns(dataset: str, final: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    if dataset in _COLUMNS_BY_DATASET:
+        return _COLUMNS_BY_DATASET[dataset]
+    present = [m for m in _TABLE1_METRICS if any(r.get(names.TABLE1_HEADERS[m]) is not None for r in final)]
+    return tuple(present) or _TABLE1_METRICS
+
+
+def _absent_cell(statuses: Sequence[str], what: str) -> Cell:
+    """The cell for a metric without a value, from the statuses of the row's runs."""
+    if RunStatus.FAILED in statuses:
+        return Cell(CellKind.FAILED, "failed", f"{what}: a run of this row failed before measuring it")
+    unfinished = [s for s in statuses if s in (RunStatus.PENDING, RunStatus.RUNNING)]
+    if unfinished:
+        return Cell(CellKind.PENDING, unfinished[0], f"{what}: not measured yet (run {unfinished[0]})")
+    return Cell(CellKind.MISSING, "missing", f"{what}: not computed")
+
+
+def _value_cells(values: Mapping[str, float | None], metrics: Sequence[str], statuses: Sequence[str],
+                 what: str) -> tuple[Cell, ...]:
+    cells = []
+    for m in metrics:
+        v = values.get(m)
+        cells.append(Cell(CellKind.VALUE, format_value(v)) if v is not None else _absent_cell(statuses, f"{m} {what}"))
+    return tuple(cells)
+
+
+def _status_summary(statuses: Sequence[str]) -> str:
+    counts = Counter(statuses)
+    order = [s.value for s in RunStatus]
+    return ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: order.index(s) if s in order else 99))
+
+
+def _paper_row(model_key: str | None, model: str, dataset: str, method: str, metrics: Sequence[str],
+               note: str) -> TableRow | None:
+    numbers = paper.paper_row(model_key, dataset, method)
+    if numbers is None:
+        return None
+    cells = tuple(
+        Cell(CellKind.VALUE, format_value(numbers[m])) if m in numbers else Cell(CellKind.MISSING, "missing")
+        for m in metrics
+    )
+    return TableRow(RowKind.PAPER, model, method, paper.PAPER_BATCH_SIZE, paper.PAPER_N_EDITS,
+                    f"paper ({model_key})", False, cells, note)
+
+
+def build_table1(data: ReportData) -> list[DatasetTable]:
+    """Table 1 of our runs, one :class:`DatasetTable` per dataset edited (runs.dataset)."""
+    runs = data.runs.to_dicts()
+    final = data.final.to_dicts()
+    unedited = data.unedited.to_dicts()
+    tables = []
+    for dataset in sorted({r["dataset"] for r in runs}):
+        ds_runs = [r for r in runs if r["dataset"] == dataset]
+        ds_final = [f for f in final if f["dataset"] == dataset]
+        metrics = _columns(dataset, ds_final)
+        rows: list[TableRow] = []
+        for model in sorted({r["model"] for r in ds_runs}):
+            m_runs = [r for r in ds_runs if r["model"] == model]
+            key = paper.paper_model_key(model, m_runs[0].get("config"))
+            rows.extend(_model_rows(model, key, dataset, metrics, m_runs, ds_final, unedited))
+        tables.append(DatasetTable(dataset, _DATASET_TITLES.get(dataset, dataset), metrics, tuple(rows)))
+    return tables
+
+
+def _model_rows(model: str, key: str | None, dataset: str, metrics: Sequence[str], runs: Sequence[dict],
+                final: Sequence[dict], unedited: Sequence[dict]) -> list[TableRow]:
+    rows: list[TableRow] = []
+    base = {u["metric"]: u["value"] for u in unedited if u["model"] == model and u["dataset"] == dataset}
+    statuses = [r["status"] for r in runs]
+    base_statuses = statuses if not base else []  # only "missing" once some run measured edits_done = 0
+    rows.append(TableRow(RowKind.UNEDITED, model, "unedited", None, 0, "edits_done = 0, mean over runs",
+                         False, _value_cells(base, metrics, base_statuses, "of the unedited model")))
+    pre = _paper_row(key, model, dataset, paper.UNEDITED, metrics, "")
+    if pre is not None:
+        rows.append(pre)
+    groups = sorted({(r["method"], r["batch_size"], r["n_edits"]) for r in runs})
+    for method, batch_size, n_edits in groups:
+        g_runs = [r for r in runs if (r["method"], r["batch_size"], r["n_edits"]) == (method, batch_size, n_edits)]
+        g_statuses = [r["status"] for r in g_runs]
+        match = [f for f in final if (f["model"], f["method"], f["batch_size"], f["n_edits"])
+                 == (model, method, batch_size, n_edits)]
+        values = {m: match[0].get(names.TABLE1_HEADERS[m]) for m in metrics} if match else {}
+        n_measured = match[0]["n_runs"] if match else 0
+        summary = _status_summary(g_statuses) + (f"; mean of {n_measured}" if n_measured > 1 else "")
+        rows.append(TableRow(RowKind.OURS, model, method, batch_size, n_edits, summary,
+                             RunStatus.FAILED in g_statuses,
+                             _value_cells(values, metrics, g_statuses, f"at {n_edits} edits")))
+        differs = (n_edits, batch_size) != (paper.PAPER_N_EDITS, paper.PAPER_BATCH_SIZE)
+        note = (f"paper protocol {paper.PAPER_N_EDITS} edits, batch {paper.PAPER_BATCH_SIZE}; "
+                f"ours {n_edits} edits, batch {batch_size}") if differs else ""
+        p = _paper_row(key, model, dataset, method, metrics, note)
+        if p is not None:
+            rows.append(p)
+    return rows
