@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint toyworld
+.PHONY: setup demo test test-all lint toyworld browser
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ lint: setup
 
 toyworld: setup
 	$(PY) -m eval.toyworld build
+
+# Headless Chromium (Debian's package) for tests/integration/test_report_browser.py; needs root.
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }

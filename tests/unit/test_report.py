@@ -243,3 +243,11 @@ def test_paper_table_is_complete_and_models_resolve() -> None:
     assert paper.paper_model_key("/models/gpt2-xl/") == "gpt2-xl"
     assert paper.paper_model_key("my-model", '{"model": {"path": "x", "preset": "gpt-j"}}') == "gpt-j"
     assert paper.paper_model_key("toy-gpt2", {"model": {"path": "eval/toyworld/artifacts/model", "preset": "toy"}}) is None
+
+
+def test_report_of_a_file_without_runs_says_so(tmp_path: Path) -> None:
+    ResultWriter(tmp_path / "empty.duckdb").close()
+    html = write_report(tmp_path / "empty.duckdb", tmp_path / "r").read_text(encoding="utf-8")
+    assert "<img" not in html
+    for what in ("no runs", "no rewrite metrics recorded", "no probes recorded", "no timings recorded"):
+        assert f'<span class="missing">{what}</span>' in html
