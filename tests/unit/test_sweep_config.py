@@ -64,3 +64,14 @@ def test_grid_expands_all_axes() -> None:
     assert len(cells) == 2 * 2 * 3 * 2 * 2
     assert {c.hparams().l2 for c in cells} == {cfg.cells().__next__().hparams().l2, 1.0}
     assert len({c.run_id("s") for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("name,layers", [("gpt2-xl", (13, 14, 15, 16, 17)), ("gpt-j", (3, 4, 5, 6, 7, 8)),
+                                         ("llama3-8b", (4, 5, 6, 7, 8))])
+def test_real_model_configs_carry_the_papers_setting(name: str, layers: tuple[int, ...]) -> None:
+    cfg = load_config(DEFAULT_CONFIG_PATH.parent / f"{name}.yaml")
+    assert cfg.n_edits == (2000,) and cfg.batch_sizes == (100,) and set(cfg.datasets) == {"counterfact", "zsre"}
+    assert set(cfg.methods) == {"alphaedit", "memit"} and cfg.models[0].num_gpus == 1
+    cells = list(cfg.cells())
+    assert len(cells) == 4 and all(c.hparams().layers == layers for c in cells)
+    assert cells[0].checkpoints() == [0, 500, 1000, 1500, 2000]
