@@ -16,9 +16,33 @@ TABLE_PROBES = "probes"
 TABLE_TIMINGS = "timings"
 TABLE_ARTIFACTS = "artifacts"
 TABLE_SCHEMA_VERSION = "schema_version"
+TABLE_SWEEP_TAGS = "sweep_tags"
+TABLE_NIGHTLY_VERDICTS = "nightly_verdicts"
+TABLE_NIGHTLY_CHECKS = "nightly_checks"
 
 #: Tables holding results, in export order (``schema_version`` is exported too, last).
-RESULT_TABLES: tuple[str, ...] = (TABLE_RUNS, TABLE_METRICS, TABLE_PROBES, TABLE_TIMINGS, TABLE_ARTIFACTS)
+RESULT_TABLES: tuple[str, ...] = (
+    TABLE_RUNS, TABLE_METRICS, TABLE_PROBES, TABLE_TIMINGS, TABLE_ARTIFACTS,
+    TABLE_SWEEP_TAGS, TABLE_NIGHTLY_VERDICTS, TABLE_NIGHTLY_CHECKS,
+)
+
+
+class NightlyStatus(StrEnum):
+    """Verdict of a nightly regression run (``nightly_verdicts.status``)."""
+
+    PASS = "pass"  # every checked metric within its tolerance of the baseline
+    FAIL = "fail"  # a regression beyond tolerance, a missing metric, or failed run cells
+
+
+class CheckStatus(StrEnum):
+    """Outcome of one metric of a nightly run (``nightly_checks.status``)."""
+
+    OK = "ok"  # within tolerance of the baseline
+    IMPROVED = "improved"  # better than the baseline by more than the tolerance
+    REGRESSION = "regression"  # worse than the baseline by more than the tolerance (fails the night)
+    MISSING = "missing"  # the baseline has it, tonight does not (fails the night)
+    NEW = "new"  # no baseline value to compare with
+    INFO = "info"  # reported only (the rule says check: false)
 
 
 class RunStatus(StrEnum):

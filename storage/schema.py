@@ -137,6 +137,61 @@ TABLES: dict[str, TableSpec] = {
             Column("created_at", "TIMESTAMP", "UTC time the artifact was stored."),
         ),
     ),
+    names.TABLE_SWEEP_TAGS: TableSpec(
+        name=names.TABLE_SWEEP_TAGS,
+        doc="Labels on sweeps (e.g. nightly): which sweeps belong together, for filtering and baselines.",
+        key=("sweep_id", "tag"),
+        columns=(
+            Column("sweep_id", "VARCHAR", "The tagged sweep (runs.sweep_id)."),
+            Column("tag", "VARCHAR", "The label, e.g. nightly."),
+            Column("created_at", "TIMESTAMP", "UTC time the tag was (last) set."),
+        ),
+    ),
+    names.TABLE_NIGHTLY_VERDICTS: TableSpec(
+        name=names.TABLE_NIGHTLY_VERDICTS,
+        doc="One row per nightly regression run (jobs/nightly.py): its verdict and what it was compared with.",
+        key=("sweep_id",),
+        columns=(
+            Column("sweep_id", "VARCHAR", "The nightly sweep, nightly-<date> by default (runs.sweep_id)."),
+            Column("tag", "VARCHAR", "Suite of nightlies this one belongs to; baselines come from the same tag."),
+            Column("night", "DATE", "The date the nightly stands for (its --date)."),
+            Column("status", "VARCHAR", "pass | fail (storage.names.NightlyStatus)."),
+            Column("baseline_sweep_id", "VARCHAR", "Sweep compared with (the last passing nightly of the tag); "
+                   "NULL when the thresholds file gave every baseline.", nullable=True),
+            Column("thresholds", "VARCHAR", "Path of the thresholds file (tolerances, and baselines when the "
+                   "database has none)."),
+            Column("n_checks", "INTEGER", "Metrics compared."),
+            Column("n_failed", "INTEGER", "Metrics that failed (regression or missing)."),
+            Column("sweep_exit_code", "INTEGER", "Exit code of the sweep (0 = every cell finished)."),
+            Column("message", "VARCHAR", "Why the night failed, in one line; NULL when it passed.", nullable=True),
+            Column("config_hash", "VARCHAR", "Hash of the nightly sweep config (cluster.config.SweepConfig.hash)."),
+            Column("git_sha", "VARCHAR", "Git commit of the code that ran; NULL if unknown.", nullable=True),
+            Column("checked_at", "TIMESTAMP", "UTC time of the comparison (reset by a rerun of the night)."),
+        ),
+    ),
+    names.TABLE_NIGHTLY_CHECKS: TableSpec(
+        name=names.TABLE_NIGHTLY_CHECKS,
+        doc="The regression table of each nightly: one row per (sweep, cell, method, metric).",
+        key=("sweep_id", "cell", "method", "metric"),
+        columns=(
+            Column("sweep_id", "VARCHAR", "The nightly sweep (nightly_verdicts.sweep_id)."),
+            Column("cell", "VARCHAR", "model/dataset/b<batch_size>/n<n_edits> of the runs compared."),
+            Column("method", "VARCHAR", "Editing method (runs.method)."),
+            Column("metric", "VARCHAR", "Rewrite metric (efficacy, ...), probe as <task>.<metric>, or "
+                   "seconds_per_edit; measured at the run's final edits_done."),
+            Column("baseline", "DOUBLE", "Baseline value; NULL when there is none.", nullable=True),
+            Column("baseline_source", "VARCHAR", "Where baseline came from: a sweep_id or 'thresholds'; NULL "
+                   "without a baseline.", nullable=True),
+            Column("value", "DOUBLE", "Tonight's value; NULL when missing.", nullable=True),
+            Column("delta", "DOUBLE", "value - baseline; NULL when either is missing.", nullable=True),
+            Column("direction", "VARCHAR", "Which way is better: higher | lower | both (any change is bad)."),
+            Column("tolerance", "DOUBLE", "Allowed change in the bad direction, in the metric's units "
+                   "(a relative tolerance already multiplied by |baseline|); NULL without a baseline.",
+                   nullable=True),
+            Column("status", "VARCHAR", "ok | improved | regression | missing | new | info "
+                   "(storage.names.CheckStatus); regression and missing fail the night."),
+        ),
+    ),
 }
 
 
@@ -216,8 +271,48 @@ _V1 = (
     )""",
 )
 
+_V2 = (
+    """CREATE TABLE sweep_tags (
+        sweep_id VARCHAR NOT NULL,
+        tag VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (sweep_id, tag)
+    )""",
+    """CREATE TABLE nightly_verdicts (
+        sweep_id VARCHAR PRIMARY KEY,
+        tag VARCHAR NOT NULL,
+        night DATE NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('pass', 'fail')),
+        baseline_sweep_id VARCHAR,
+        thresholds VARCHAR NOT NULL,
+        n_checks INTEGER NOT NULL,
+        n_failed INTEGER NOT NULL,
+        sweep_exit_code INTEGER NOT NULL,
+        message VARCHAR,
+        config_hash VARCHAR NOT NULL,
+        git_sha VARCHAR,
+        checked_at TIMESTAMP NOT NULL
+    )""",
+    """CREATE TABLE nightly_checks (
+        sweep_id VARCHAR NOT NULL,
+        cell VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        baseline DOUBLE,
+        baseline_source VARCHAR,
+        value DOUBLE,
+        delta DOUBLE,
+        direction VARCHAR NOT NULL CHECK (direction IN ('higher', 'lower', 'both')),
+        tolerance DOUBLE,
+        status VARCHAR NOT NULL
+            CHECK (status IN ('ok', 'improved', 'regression', 'missing', 'new', 'info')),
+        PRIMARY KEY (sweep_id, cell, method, metric)
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: runs, metrics, probes, timings, artifacts", _V1),
+    Migration(2, "nightly regression runs: sweep_tags, nightly_verdicts, nightly_checks", _V2),
 )
 
 #: The schema version this code writes and expects.
