@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override a config key, as in jobs/sweep.py (e.g. --set results=/shared/n.duckdb)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    p.add_argument("--rerun", choices=["resume", "replace"], default="resume",
+                   help="runs of this night already in the results file: resume/skip them (default) or "
+                        "replace them (e.g. after changing the nightly config the same night)")
     p.add_argument("--compare-only", action="store_true",
                    help="do not run the sweep; judge the sweep already in the results file")
     p.add_argument("--report-dir", default=None,
@@ -86,6 +89,7 @@ def run_sweep(args: argparse.Namespace, sweep_id: str) -> int:
         argv += ["--address", args.address]
     if args.num_cpus is not None:
         argv += ["--num-cpus", str(args.num_cpus)]
+    argv += ["--rerun", args.rerun]
     log.info("nightly sweep: jobs/sweep.py %s", " ".join(argv))
     try:
         return int(sweep.main(argv))
