@@ -22,6 +22,7 @@ skipped) and replaces the night's verdict.
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import sys
 from datetime import UTC, date, datetime
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{v.n_failed} of {v.n_checks} metrics failed" + (f": {v.message}" if v.message else ""))
     if not args.no_report:
         out_dir = Path(args.report_dir) if args.report_dir else Path(results).parent / "reports" / sweep_id
-        preface = nl.format_html(checks, title) + f"<p>baseline: {nl.html.escape(source)}</p>"
+        preface = nl.format_html(checks, title) + f"<p>baseline: {html.escape(source)}</p>"
         index = write_report(results, out_dir, sweep_id, preface)
         if index:
             print(f"report: {index}")
