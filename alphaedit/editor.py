@@ -45,6 +45,21 @@ class BatchDeltas:
     seconds: dict[str, float]  # stage -> wall time
 
 
+class NonFiniteError(FloatingPointError):
+    """NaN or Inf in key statistics or in an update; nothing non-finite is ever applied to a model."""
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`NonFiniteError` naming every tensor of ``tensors`` that holds NaN or Inf."""
+    bad = [f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+           for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(
+            f"{what}: NaN/Inf in {', '.join(bad)}. Check the hyper-parameters (l2, mom2_update_weight, "
+            "v_lr, solve_dtype) and the key statistics; nothing was applied to the model."
+        )
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown editing method {method!r}; known: {list(METHODS)}")
@@ -252,6 +267,7 @@ class Editor:
             spec=self.spec, projectors=self.projectors, second_moments=self.second_moments,
             prev_keys=self.state.prev_keys,
         )
+        check_finite(batch.deltas, f"update of batch after {self.state.n_edits} edits ({self.method})")
         apply_deltas(self.model, batch.deltas)
         t1 = time.perf_counter()
         increments = prev_keys_increment(self.model, self.tokenizer, requests, self.hparams, self.templates, self.spec)

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from alphaedit.models import ModelSpec, key_dim
 
 STATE_FORMAT = "alphaedit.edit_state.v1"
+CHECKPOINT_FORMAT = "alphaedit.edit_checkpoint.v1"
 
 
 @dataclass
@@ -63,16 +66,7 @@ class EditState:
             {f"prev_keys.{layer}": t.detach().float().cpu().contiguous() for layer, t in self.prev_keys.items()},
             folder / "state.safetensors", {"format": STATE_FORMAT},
         )
-        meta = {
-            "format": STATE_FORMAT,
-            "model_type": self.model_type,
-            "layers": list(self.layers),
-            "weight_names": {str(k): v for k, v in self.weight_names.items()},
-            "n_edits": self.n_edits,
-            "case_ids": list(self.case_ids),
-            "extra": self.extra,
-        }
-        _atomic_write_text(folder / "state.json", json.dumps(meta, indent=2))
+        _atomic_write_text(folder / "state.json", json.dumps(self._meta(), indent=2))
         return folder
 
     @classmethod
@@ -96,6 +90,64 @@ class EditState:
             case_ids=list(meta["case_ids"]),
             extra=dict(meta.get("extra", {})),
         )
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "model_type": self.model_type,
+            "layers": list(self.layers),
+            "weight_names": {str(k): v for k, v in self.weight_names.items()},
+            "n_edits": self.n_edits,
+            "case_ids": list(self.case_ids),
+            "extra": self.extra,
+        }
+
+    def to_bytes(self, extra_tensors: Mapping[str, torch.Tensor] | None = None) -> bytes:
+        """The whole state as one safetensors blob (a checkpoint), optionally with extra tensors.
+
+        Tensors: ``delta.<param name>`` (float32), ``prev_keys.<layer>`` (float32) and
+        ``extra.<name>`` for each of ``extra_tensors`` (any dtype, e.g. exact edited weights or an
+        RNG state); the JSON metadata of :meth:`save` is in the header. Round-trips bit-exactly
+        through :meth:`from_bytes`.
+        """
+        tensors = {f"delta.{n}": t.detach().float().cpu().contiguous() for n, t in self.deltas.items()}
+        tensors |= {f"prev_keys.{layer}": t.detach().float().cpu().contiguous() for layer, t in self.prev_keys.items()}
+        tensors |= {f"extra.{k}": t.detach().cpu().contiguous().clone() for k, t in (extra_tensors or {}).items()}
+        return save_bytes(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(self._meta())})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: torch.device | str | None = None
+                   ) -> tuple[EditState, dict[str, torch.Tensor]]:
+        """(state, extra tensors) from :meth:`to_bytes` output; prev_keys on ``device``, the rest on CPU."""
+        header = _safetensors_metadata(data)
+        if header.get("format") != CHECKPOINT_FORMAT or "state" not in header:
+            raise ValueError(f"not an EditState checkpoint: header format {header.get('format')!r}, "
+                             f"expected {CHECKPOINT_FORMAT!r} (written by EditState.to_bytes)")
+        meta = json.loads(header["state"])
+        tensors = load_bytes(data)
+        layers = tuple(int(x) for x in meta["layers"])
+        state = cls(
+            model_type=meta["model_type"],
+            layers=layers,
+            weight_names={int(k): v for k, v in meta["weight_names"].items()},
+            prev_keys={layer: tensors[f"prev_keys.{layer}"].to(device or "cpu") for layer in layers},
+            deltas={k[len("delta."):]: v for k, v in tensors.items() if k.startswith("delta.")},
+            n_edits=int(meta["n_edits"]),
+            case_ids=list(meta["case_ids"]),
+            extra=dict(meta.get("extra", {})),
+        )
+        extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        return state, extras
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header size, then JSON)."""
+    if len(data) < 8:
+        raise ValueError(f"not a safetensors blob: {len(data)} bytes")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"not a safetensors blob: header of {n} bytes in {len(data)} bytes")
+    return dict(json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__") or {})
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

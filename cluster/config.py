@@ -88,7 +88,9 @@ class SweepConfig:
     n_edits: tuple[int, ...] = (1000,)
     seeds: tuple[int, ...] = (0,)
     hparams_overrides: tuple[Mapping[str, Any], ...] = field(default_factory=lambda: ({},))
-    eval_every: int = 200  # edits between checkpoints (metrics + probes)
+    eval_every: int = 200  # edits between evaluations (metrics + probes); each is also a checkpoint
+    checkpoint_every: int = 1  # batches between editor checkpoints (resume points; see README)
+    editor_max_restarts: int = 2  # restarts of a dead editor actor per model before its cell fails
     probes: ProbeConfig = ProbeConfig()
     metrics: MetricConfig = MetricConfig()
     stats_shards: int = 2
@@ -243,6 +245,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> SweepConfig:
     except TypeError as e:
         problems.append(f"metrics: {e}")
         metrics = MetricConfig()
+    checkpoint_every = raw.get("checkpoint_every", SweepConfig.checkpoint_every)
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        problems.append(f"checkpoint_every: must be a positive integer (batches), got {checkpoint_every!r}")
+    max_restarts = raw.get("editor_max_restarts", SweepConfig.editor_max_restarts)
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        problems.append(f"editor_max_restarts: must be an integer >= 0, got {max_restarts!r}")
     stats_shards = raw.get("stats_shards", SweepConfig.stats_shards)
     if not isinstance(stats_shards, int) or stats_shards < 1:
         problems.append(f"stats_shards: must be a positive integer, got {stats_shards!r}")
@@ -251,7 +259,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> SweepConfig:
     return SweepConfig(
         models=tuple(models), methods=methods, datasets=datasets, batch_sizes=ints["batch_sizes"],
         n_edits=ints["n_edits"], seeds=ints["seeds"], hparams_overrides=overrides, eval_every=eval_every,
-        probes=probes, metrics=metrics, stats_shards=stats_shards,
+        probes=probes, metrics=metrics, stats_shards=stats_shards, checkpoint_every=checkpoint_every,
+        editor_max_restarts=max_restarts,
         results=raw.get("results", SweepConfig.results), artifact_root=raw.get("artifact_root", SweepConfig.artifact_root),
         sweep_id=raw.get("sweep_id"),
     )

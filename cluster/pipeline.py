@@ -10,47 +10,64 @@ Driver-side orchestration only; the work itself is in :mod:`cluster.workers` (pl
 * Every ``eval_every`` edits the actor's deltas go (as an ObjectRef, never through the driver) to
   a probe task that computes rewrite metrics and lm-eval probes while the actor keeps editing.
 * One writer actor owns the DuckDB file; tasks return rows and never open it.
+* Resume: the editor checkpoints its state to the artifact store every ``checkpoint_every``
+  batches and at every evaluation point. A dead editor actor is restarted (``editor_max_restarts``)
+  and the cell continues from its newest checkpoint; a rerun of the sweep (``jobs/sweep.py
+  --resume SWEEP_ID``) skips finished cells and, in unfinished ones, finished batches and
+  evaluations. Rows are keyed, so nothing is written twice.
+* Failures (out of memory, NaN/Inf, a corrupt or missing artifact, a full disk, an editor that
+  keeps dying) stop only their cell: ``runs.status = 'failed'`` with the reason in ``runs.error``;
+  its finished evaluations and checkpoints are kept and the other cells go on.
+
+Everything runs through an :class:`cluster.executor.Executor`: Ray (:class:`RayExecutor`) or the
+in-process twin (:class:`LocalExecutor`, for unit tests), on the same code path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import ray
 
 from alphaedit import spec_for
+from alphaedit.editor import check_finite
 from cluster.config import ModelConfig, RunCell, SweepConfig
+from cluster.executor import Executor, RayExecutor
 from cluster.workers import (
+    CellFailed,
     CellStart,
     EditorWorker,
     EvalRequest,
+    StoredDeltas,
+    describe_failure,
     evaluate_checkpoint,
     merge_shards,
     stats_shard,
 )
 from storage import names
-from storage.artifacts import ArtifactStore, KeyStatsKey
+from storage.artifacts import ArtifactCorruptError, ArtifactStore, KeyStatsKey
+from storage.hashing import config_hash
 from storage.writer import ResultWriter, RunDecision, RunSpec
 
 logger = logging.getLogger(__name__)
 
 GET_TIMEOUT_S = 3600.0
+RESTART_WAIT_S = 600.0  # how long a restarting editor actor may take to come back
 
 
 class ResourceError(RuntimeError):
     """The config asks for resources the Ray cluster does not have."""
 
 
-def require_gpus(num_gpus: float, what: str) -> None:
+def require_gpus(num_gpus: float, what: str, executor: Executor | None = None) -> None:
     """Fail fast when a GPU is requested on a cluster without GPUs (Ray would wait forever)."""
     if num_gpus <= 0:
         return
-    have = ray.cluster_resources().get("GPU", 0.0)
+    have = (executor or RayExecutor()).gpus()
     if have < num_gpus:
         raise ResourceError(
             f"{what} asks for {num_gpus} GPU(s) but the Ray cluster has {have:g}. Set num_gpus: 0 for "
@@ -103,13 +120,16 @@ def stats_keys(model: ModelConfig, cell: RunCell, module_names: dict[int, str], 
 
 
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
-                   writer: Any) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
-    """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams: from the store, or computed by Ray tasks.
+                   writer: Any, executor: Executor | None = None) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
+    """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams: from the store, or computed by tasks over shards.
 
+    A corrupt stored statistic is logged, deleted and recomputed. Raises
+    :class:`alphaedit.editor.NonFiniteError` when the statistics hold NaN/Inf.
     Returns (stats, seconds, computed).
     """
     from transformers import AutoConfig
 
+    ex = executor or RayExecutor()
     hp = cell.hparams()
     cfg = AutoConfig.from_pretrained(model.resolve(model.path))
     spec = spec_for(cfg.model_type)
@@ -122,13 +142,10 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
         budget = int(hp.key_budget_multiplier * d_k)
     keys = stats_keys(model, cell, module_names, corpus.key(), budget)
     t0 = time.perf_counter()
-    if all(store.exists(k) for k in keys.values()):
-        out = {}
-        for layer, key in keys.items():
-            arrays = store.get(key)
-            out[layer] = (arrays["sum_kkT"], int(arrays["count"][0]))
+    stored = _stored_stats(store, keys)
+    if stored is not None:
         logger.info("%s: key statistics from the artifact store (%s)", model.name, store)
-        return out, time.perf_counter() - t0, False
+        return stored, time.perf_counter() - t0, False
 
     from eval.corpus import iter_corpus
 
@@ -136,29 +153,42 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
     # A key budget is defined in corpus order: one shard keeps it exact.
     n_shards = 1 if hp.key_budget_multiplier is not None else max(1, min(shards, len(texts)))
     bounds = np.linspace(0, len(texts), n_shards + 1).astype(int)
-    require_gpus(model.num_gpus, f"statistics for {model.name}")
-    task = ray.remote(stats_shard).options(num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_retries=3,
-                                           retry_exceptions=False)
-    refs = [task.remote(model.resolve(model.path), texts[a:b], hp.to_dict(), model.num_gpus)
+    require_gpus(model.num_gpus, f"statistics for {model.name}", ex)
+    task = ex.task(stats_shard, num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_retries=3,
+                   retry_exceptions=False)
+    refs = [task(model.resolve(model.path), texts[a:b], hp.to_dict(), model.num_gpus)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    shards = []
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=GET_TIMEOUT_S)
-        if not done:
-            raise TimeoutError(f"{model.name}: statistics shard did not finish in {GET_TIMEOUT_S} s")
-        shards.append(ray.get(done[0]))
-    merged = merge_shards(shards)
+    merged = merge_shards(ex.get(refs, timeout=GET_TIMEOUT_S))  # NonFiniteError on NaN/Inf
     records = []
     out = {}
     for layer, acc in merged.items():
         arrays = {"sum_kkT": acc.sum_kkT.numpy(), "count": np.array([acc.count], dtype=np.int64)}
         records.append(store.put(keys[layer], arrays).as_row())
         out[layer] = (arrays["sum_kkT"], acc.count)
-    ray.get(writer.record_artifacts.remote(records), timeout=GET_TIMEOUT_S)
+    ex.get(ex.call(writer, "record_artifacts", records), timeout=GET_TIMEOUT_S)
     logger.info("%s: key statistics of layers %s over %d texts in %d shards", model.name, sorted(out),
                 len(texts), len(refs))
     return out, time.perf_counter() - t0, True
+
+
+def _stored_stats(store: ArtifactStore, keys: dict[int, KeyStatsKey]) -> dict[int, tuple[np.ndarray, int]] | None:
+    """Every layer's stored statistics, or None when one is missing or corrupt (a corrupt one is deleted)."""
+    if not all(store.exists(k) for k in keys.values()):
+        return None
+    out = {}
+    for layer, key in keys.items():
+        try:
+            arrays = store.get(key)
+        except ArtifactCorruptError as e:
+            logger.warning("%s; deleting it and recomputing the statistics", e)
+            store.delete(key)
+            return None
+        out[layer] = (arrays["sum_kkT"], int(arrays["count"][0]))
+    import torch
+
+    check_finite({f"layer {layer} sum_kkT (stored)": torch.from_numpy(np.asarray(a)) for layer, (a, _) in out.items()},
+                 "key statistics")
+    return out
 
 
 @dataclass
@@ -203,14 +233,6 @@ def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, e
                        snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed)
 
 
-@dataclass
-class SweepState:
-    """Driver bookkeeping of what is in flight."""
-
-    writes: list[Any] = field(default_factory=list)
-    probes: list[tuple[str, int, Any]] = field(default_factory=list)
-
-
 def _for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:
     """An evaluation's rows re-labelled for ``run_id`` (the unedited evaluation is shared)."""
     return {**out, "metrics": [{**r, "run_id": run_id} for r in out["metrics"]],
@@ -221,97 +243,322 @@ def _timing(run_id: str, stage: str, seconds: float, items: int | None = None, s
     return {"run_id": run_id, "stage": stage, "seconds": float(seconds), "items": items, "step": step}
 
 
-def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
-              store: ArtifactStore, on_progress: Callable[[str], None] = lambda msg: None) -> dict[str, str]:
-    """Run all cells of one model on one editor actor; return {run_id: final status}."""
-    statuses: dict[str, str] = {}
-    require_gpus(model.num_gpus, f"editor for {model.name}")
-    eval_task = ray.remote(evaluate_checkpoint).options(num_cpus=model.num_cpus, num_gpus=model.num_gpus,
-                                                        max_retries=2)
-    editor = None
-    stats_id = None
-    unedited: dict[tuple[str, int, int], Any] = {}  # one evaluation of the base model per dataset slice
-    for cell in cells:
-        run_id = cell.run_id(sweep_id)
-        state = SweepState()
-        try:
-            stats, stats_s, computed = key_statistics(model, cell, store, cfg.stats_shards, writer)
-            if computed:
-                state.writes.append(writer.write.remote(timings=[_timing(run_id, names.STAGE_KEY_STATS, stats_s)]))
-            key = tuple(sorted(stats))
-            if editor is None or stats_id != key:
-                stats_ref = ray.put(stats)
-                editor = ray.remote(EditorWorker).options(
-                    num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_restarts=0, max_task_retries=0,
-                ).remote(model.resolve(model.path), stats_ref, model.num_gpus)
-                stats_id = key
-            data = cell_data(cell)
-            ray.get(writer.set_status.remote(run_id, names.RunStatus.RUNNING), timeout=GET_TIMEOUT_S)
-            info = ray.get(editor.start_cell.remote(CellStart(run_id, cell.method, cell.hparams().to_dict(),
-                                                              cell.seed)), timeout=GET_TIMEOUT_S)
-            logger.info("%s: started (%s)", run_id, info)
-            points = cell.checkpoints()
+def _cause(exc: BaseException) -> BaseException:
+    """The worker's own exception inside a Ray task error (``RayTaskError.cause``), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
-            path = model.resolve(model.path)
-            base_key = (cell.dataset, cell.n_edits, cell.seed)
-            if base_key not in unedited:
-                unedited[base_key] = eval_task.remote(path, ray.put({}), eval_request(cfg, cell, run_id, data, 0),
-                                                      model.num_gpus)
-                state.probes.append((run_id, 0, unedited[base_key]))
-            else:
-                state.probes.append((run_id, 0, unedited[base_key]))
-            edit_refs = []
-            for step, start in enumerate(range(0, cell.n_edits, cell.batch_size)):
-                batch = data.edit_records[start : start + cell.batch_size]
-                edit_refs.append((step, editor.edit.remote(batch)))
-                done = min(start + cell.batch_size, cell.n_edits)
-                if done in points:
-                    req = eval_request(cfg, cell, run_id, data, done)
-                    state.probes.append((run_id, done, eval_task.remote(path, editor.deltas.remote(), req,
-                                                                         model.num_gpus)))
-            for step, ref in edit_refs:
-                report = ray.get(ref, timeout=GET_TIMEOUT_S)
-                sec = report["seconds"]
-                rows = [_timing(run_id, names.STAGE_EDIT_BATCH, sec["total"], report["n_requests"], step)]
-                rows += [_timing(run_id, names.STAGE_TARGETS, sec.get("targets", 0.0), report["n_requests"], step),
-                         _timing(run_id, names.STAGE_SOLVE, sec.get("solve", 0.0), report["n_requests"], step)]
-                state.writes.append(writer.write.remote(timings=rows))
-                on_progress(f"{run_id}: {report['edits_done']}/{cell.n_edits} edits")
-            for rid, edits_done, ref in state.probes:
-                out = _for_run(ray.get(ref, timeout=GET_TIMEOUT_S), rid)
-                state.writes.append(writer.write.remote(
-                    metrics=out["metrics"], probes=out["probes"],
-                    timings=[_timing(rid, names.STAGE_REWRITE_EVAL, out["timings"]["metrics"], out["n_records"],
-                                     edits_done),
-                             _timing(rid, names.STAGE_PROBE, out["timings"]["probes"], None, edits_done)]))
-                on_progress(f"{rid}: evaluated at {edits_done} edits")
-            ray.get(state.writes, timeout=GET_TIMEOUT_S)
-            ray.get(writer.set_status.remote(run_id, names.RunStatus.FINISHED), timeout=GET_TIMEOUT_S)
-            statuses[run_id] = names.RunStatus.FINISHED
+
+@dataclass(frozen=True)
+class CellPlan:
+    """The stream of one cell: its batches, where it is evaluated and where it is checkpointed."""
+
+    batches: tuple[tuple[int, int, int], ...]  # (step, first edit, end edit)
+    eval_points: tuple[int, ...]  # edits_done values evaluated (0 = unedited)
+    checkpoint_at: tuple[int, ...]  # edits_done values after which the editor stores its state
+    keep: tuple[int, ...]  # checkpoints never deleted: evaluation points and the last one
+
+
+def plan_cell(cell: RunCell, checkpoint_every: int) -> CellPlan:
+    """Batches of ``cell``; a checkpoint every ``checkpoint_every`` batches, at evaluations and at the end."""
+    batches = tuple((step, start, min(start + cell.batch_size, cell.n_edits))
+                    for step, start in enumerate(range(0, cell.n_edits, cell.batch_size)))
+    ends = [end for _, _, end in batches]
+    evals = tuple(p for p in cell.checkpoints() if p == 0 or p in ends)
+    keep = {p for p in evals if p > 0} | {cell.n_edits}
+    every = {end for i, end in enumerate(ends) if (i + 1) % checkpoint_every == 0}
+    return CellPlan(batches, evals, tuple(sorted(every | keep)), tuple(sorted(keep)))
+
+
+def editor_actor_name(sweep_id: str, model_name: str, index: int = 0) -> str:
+    """Ray actor name of a model's ``index``-th editor in a sweep (``ray.get_actor(name)`` finds it)."""
+    return f"editor:{sweep_id}:{model_name}:{index}"
+
+
+@dataclass
+class ModelRun:
+    """What the cells of one model share: executor, writer, store, the editor actor, the unedited evaluations."""
+
+    cfg: SweepConfig
+    model: ModelConfig
+    sweep_id: str
+    writer: Any
+    store: ArtifactStore
+    ex: Executor
+    on_progress: Callable[[str], None]
+    eval_task: Callable[..., Any] | None = None
+    editor: Any = None
+    editors_started: int = 0
+    stats_ref: Any = None
+    stats_id: tuple[int, ...] | None = None
+    unedited: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+
+    def get(self, ref: Any) -> Any:
+        return self.ex.get(ref, timeout=GET_TIMEOUT_S)
+
+    def editor_for(self, stats: dict[int, tuple[np.ndarray, int]]) -> Any:
+        """The model's editor actor (a new one when the statistics' layers change or the last one died)."""
+        key = tuple(sorted(stats))
+        if self.editor is None or self.stats_id != key:
+            m = self.model
+            # Held here: a restarted actor's __init__ gets its arguments again, so the driver must
+            # keep the statistics' object alive for as long as the actor may restart.
+            self.stats_ref = self.ex.put(stats)
+            self.editor = self.ex.actor(
+                EditorWorker, m.resolve(m.path), self.stats_ref, m.num_gpus, "float32", self.store.root,
+                num_cpus=m.num_cpus, num_gpus=m.num_gpus, max_restarts=self.cfg.editor_max_restarts,
+                max_task_retries=0, name=editor_actor_name(self.sweep_id, m.name, self.editors_started),
+            )
+            self.editors_started += 1
+            self.stats_id = key
+        return self.editor
+
+    def evaluated_points(self, run_id: str) -> set[int]:
+        """edits_done values whose evaluation rows are already in the database (written in one transaction)."""
+        frame = self.get(self.ex.call(
+            self.writer, "query", "SELECT DISTINCT step FROM timings WHERE run_id = $run_id AND stage = $stage",
+            {"run_id": run_id, "stage": names.STAGE_REWRITE_EVAL}))
+        return {int(x) for x in frame["step"].to_list()}
+
+
+class CellRun:
+    """One run cell on the model's editor: begin or resume, stream the batches, collect the evaluations.
+
+    ``written``: evaluation points whose rows are in the database; ``evals``: evaluations in flight;
+    ``last_ok``: edits done as confirmed by the editor (evaluations up to there are valid even if
+    the editor dies later).
+    """
+
+    def __init__(self, mr: ModelRun, cell: RunCell, resume: bool) -> None:
+        self.mr, self.cell, self.resume = mr, cell, resume
+        self.run_id = cell.run_id(mr.sweep_id)
+        self.config_hash = config_hash(cell.config())
+        self.plan = plan_cell(cell, mr.cfg.checkpoint_every)
+        self.writes: list[Any] = []
+        self.written: set[int] = set()
+        self.evals: dict[int, Any] = {}
+        self.last_ok = 0
+        self.begun = False  # whether the current attempt's `begin` went through
+        self.data: CellData | None = None
+
+    def write(self, **rows: Any) -> None:
+        self.writes.append(self.mr.ex.call(self.mr.writer, "write", **rows))
+
+    def run(self) -> str:
+        mr, ex = self.mr, self.mr.ex
+        try:
+            if self.resume:
+                self.written = mr.evaluated_points(self.run_id)
+            stats, stats_s, computed = key_statistics(mr.model, self.cell, mr.store, mr.cfg.stats_shards, mr.writer, ex)
+            if computed:
+                self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats_s)])
+            self.data = cell_data(self.cell)
+            mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.RUNNING))
+            restarts = 0
+            deadline = time.monotonic() + RESTART_WAIT_S
+            while True:
+                editor = mr.editor_for(stats)
+                try:
+                    self.attempt(editor)
+                    break
+                except ex.actor_errors as exc:
+                    if not self.begun and isinstance(exc, ex.transient_errors) and time.monotonic() < deadline:
+                        time.sleep(1.0)  # the actor is restarting (loading its model): ask again
+                        continue
+                    deadline = time.monotonic() + RESTART_WAIT_S
+                    restarts += 1
+                    if restarts > mr.cfg.editor_max_restarts:
+                        mr.editor = None
+                        raise CellFailed(f"the editor actor of {mr.model.name} died {restarts} times in "
+                                         f"{self.run_id} (editor_max_restarts={mr.cfg.editor_max_restarts}); "
+                                         f"last: {exc}") from exc
+                    logger.warning("%s: editor actor died after %d confirmed edits (%s); resuming from its "
+                                   "newest checkpoint (restart %d of %d)", self.run_id, self.last_ok,
+                                   type(exc).__name__, restarts, mr.cfg.editor_max_restarts)
+                    self.collect(upto=self.last_ok, strict=False)
+                    self.evals.clear()  # the rest depended on the dead actor's state
+                    self.resume = True
+            mr.get(self.writes)
+            mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.FINISHED))
+            return names.RunStatus.FINISHED
         except Exception as exc:  # one cell failing must not stop the others: record it in `runs`
-            logger.exception("%s failed", run_id)
-            message = f"{type(exc).__name__}: {exc}"[:2000]
-            ray.get(state.writes, timeout=GET_TIMEOUT_S)
-            ray.get(writer.set_status.remote(run_id, names.RunStatus.FAILED, error=message), timeout=GET_TIMEOUT_S)
-            statuses[run_id] = names.RunStatus.FAILED
-            if isinstance(exc, ResourceError):
-                raise
-            if isinstance(exc, ray.exceptions.RayActorError):
-                editor = None  # start a fresh actor for the next cell
+            cause = _cause(exc)
+            message = describe_failure(cause, f"in {self.run_id}")[:4000]
+            logger.error("%s failed: %s", self.run_id, message)
+            self.keep_finished()
+            mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.FAILED, error=message))
+            if isinstance(cause, ResourceError):
+                raise cause from exc
+            if isinstance(exc, ex.actor_errors):
+                mr.editor = None  # a fresh actor for the next cell
+            return names.RunStatus.FAILED
+
+    def attempt(self, editor: Any) -> None:
+        """Begin (or resume) on ``editor`` and run the rest of the stream; actor deaths propagate."""
+        mr, ex, cell, plan = self.mr, self.mr.ex, self.cell, self.plan
+        assert self.data is not None
+        start = CellStart(self.run_id, cell.method, cell.hparams().to_dict(), cell.seed, self.config_hash,
+                          plan.checkpoint_at, plan.keep, self.resume)
+        self.begun = False
+        info = mr.get(ex.call(editor, "begin", start))
+        self.begun = True
+        done = int(info["edits_done"])
+        self.last_ok = done
+        logger.info("%s: %s at %d edits", self.run_id, "resumed" if done else "started", done)
+        for report in info.get("reports", []):  # batches before the checkpoint (rows may be missing)
+            self.write_report(int(report["step"]), report)
+        for p in plan.eval_points:
+            if p <= done and p not in self.written and p not in self.evals:
+                self.evals[p] = self.unedited() if p == 0 else self.evaluate(
+                    p, StoredDeltas(mr.store.root, self.run_id, self.config_hash, p))
+        edit_refs = []
+        for step, first, end in plan.batches:
+            if first < done:
+                continue
+            want = end in plan.eval_points and end not in self.written
+            report_ref, deltas_ref = ex.call(editor, "edit", self.data.edit_records[first:end], first, want,
+                                             num_returns=2)
+            edit_refs.append((step, end, report_ref))
+            if want:
+                self.evals[end] = self.evaluate(end, deltas_ref)
+        for step, end, ref in edit_refs:
+            report = mr.get(ref)
+            self.last_ok = end
+            self.write_report(step, report)
+            mr.on_progress(f"{self.run_id}: {report['edits_done']}/{cell.n_edits} edits")
+        self.collect(upto=cell.n_edits, strict=True)
+
+    def write_report(self, step: int, report: dict[str, Any]) -> None:
+        """Timing rows of one edited batch (and its checkpoint's row and artifact record)."""
+        sec, n = report["seconds"], report["n_requests"]
+        rows = [_timing(self.run_id, names.STAGE_EDIT_BATCH, sec["total"], n, step),
+                _timing(self.run_id, names.STAGE_TARGETS, sec.get("targets", 0.0), n, step),
+                _timing(self.run_id, names.STAGE_SOLVE, sec.get("solve", 0.0), n, step)]
+        ckpt = report.get("checkpoint")
+        if ckpt is not None:
+            rows.append(_timing(self.run_id, names.STAGE_CHECKPOINT, ckpt["seconds"], ckpt["bytes"], step))
+            if ckpt["kept"]:
+                artifact = {k: v for k, v in ckpt.items() if k not in ("seconds", "kept")}
+                self.writes.append(self.mr.ex.call(self.mr.writer, "record_artifacts", [artifact]))
+        self.write(timings=rows)
+
+    def evaluate(self, edits_done: int, deltas: Any) -> Any:
+        mr = self.mr
+        assert self.data is not None and mr.eval_task is not None
+        req = eval_request(mr.cfg, self.cell, self.run_id, self.data, edits_done)
+        return mr.eval_task(mr.model.resolve(mr.model.path), deltas, req, mr.model.num_gpus)
+
+    def unedited(self) -> Any:
+        """The evaluation of the unedited model, shared by the cells with the same records."""
+        key = (self.cell.dataset, self.cell.n_edits, self.cell.seed)
+        if key not in self.mr.unedited:
+            self.mr.unedited[key] = self.evaluate(0, self.mr.ex.put({}))
+        return self.mr.unedited[key]
+
+    def collect(self, upto: int, strict: bool) -> None:
+        """Write the evaluations of points <= ``upto``; lenient (``strict=False``) skips failed ones."""
+        for p in sorted(self.evals):
+            if p > upto:
+                continue
+            ref = self.evals.pop(p)
+            try:
+                out = _for_run(self.mr.get(ref), self.run_id)
+            except Exception as exc:
+                if strict:
+                    raise
+                logger.warning("%s: evaluation at %d edits lost (%s); it is redone on resume", self.run_id, p,
+                               type(_cause(exc)).__name__)
+                continue
+            self.write(metrics=out["metrics"], probes=out["probes"], timings=[
+                _timing(self.run_id, names.STAGE_REWRITE_EVAL, out["timings"]["metrics"], out["n_records"], p),
+                _timing(self.run_id, names.STAGE_PROBE, out["timings"]["probes"], None, p)])
+            self.written.add(p)
+            self.mr.on_progress(f"{self.run_id}: evaluated at {p} edits")
+
+    def keep_finished(self) -> None:
+        """After a failure: write what finished (evaluations up to the last confirmed batch), drop the rest."""
+        try:
+            self.collect(upto=self.last_ok, strict=False)
+        finally:
+            self.evals.clear()
+            try:
+                self.mr.get(self.writes)
+            except Exception as exc:  # the failure itself is recorded in `runs` by the caller
+                logger.error("%s: some rows of the failed cell were not written: %s", self.run_id, _cause(exc))
+
+
+def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
+              store: ArtifactStore, on_progress: Callable[[str], None] = lambda msg: None,
+              executor: Executor | None = None, resume: Collection[str] = ()) -> dict[str, str]:
+    """Run all cells of one model on one editor actor; return {run_id: final status}.
+
+    ``resume``: run ids to continue from their checkpoints and rows (registered as RESUME).
+    """
+    ex = executor or RayExecutor()
+    require_gpus(model.num_gpus, f"editor for {model.name}", ex)
+    mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress)
+    mr.eval_task = ex.task(evaluate_checkpoint, num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_retries=2)
+    statuses: dict[str, str] = {}
+    try:
+        for cell in cells:
+            run = CellRun(mr, cell, resume=cell.run_id(sweep_id) in resume)
+            statuses[run.run_id] = run.run()
+    finally:
+        if mr.editor is not None:  # free its resources (and its name) now, not when the handle is collected
+            ex.kill(mr.editor, no_restart=True)
     return statuses
 
 
-def register(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | None,
-             on_existing: str = "resume") -> dict[str, RunCell]:
-    """Register every cell in ``runs``; return the cells to run (skipping finished ones)."""
+def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | None,
+                   on_existing: str = "resume", executor: Executor | None = None
+                   ) -> dict[str, tuple[RunCell, RunDecision]]:
+    """Register every cell in ``runs``; return {run_id: (cell, decision)} of the cells to run (not SKIP)."""
+    ex = executor or RayExecutor()
     cells = {cell.run_id(sweep_id): cell for cell in cfg.cells()}
     specs = [RunSpec(run_id=rid, sweep_id=sweep_id, model=c.model.name, method=c.method, dataset=c.dataset,
                      batch_size=c.batch_size, n_edits=c.n_edits, seed=c.seed, config=c.config(), git_sha=git_sha)
              for rid, c in cells.items()]
-    decisions = ray.get(writer.register_runs.remote(specs, on_existing=on_existing), timeout=GET_TIMEOUT_S)
-    return {rid: c for rid, c in cells.items() if decisions[rid] != RunDecision.SKIP}
+    decisions = ex.get(ex.call(writer, "register_runs", specs, on_existing=on_existing), timeout=GET_TIMEOUT_S)
+    return {rid: (c, RunDecision(decisions[rid])) for rid, c in cells.items() if decisions[rid] != RunDecision.SKIP}
 
 
-def start_writer(path: str) -> Any:
+def register(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | None,
+             on_existing: str = "resume", executor: Executor | None = None) -> dict[str, RunCell]:
+    """Register every cell in ``runs``; return the cells to run (skipping finished ones)."""
+    return {rid: c for rid, (c, _) in register_cells(cfg, sweep_id, writer, git_sha, on_existing, executor).items()}
+
+
+def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore, git_sha: str | None,
+              on_existing: str = "resume", executor: Executor | None = None,
+              on_progress: Callable[[str], None] = lambda msg: None, parallel: bool = True) -> dict[str, str]:
+    """Register the sweep's cells and run the unfinished ones; return {run_id: status} of those run.
+
+    Models run in parallel threads (one editor actor each) when ``parallel``; the in-process
+    executor runs them one after the other.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = executor or RayExecutor()
+    todo = register_cells(cfg, sweep_id, writer, git_sha, on_existing, ex)
+    resume = {rid for rid, (_, d) in todo.items() if d is RunDecision.RESUME}
+    by_model: dict[str, list[RunCell]] = {}
+    for cell, _ in todo.values():
+        by_model.setdefault(cell.model.name, []).append(cell)
+    logger.info("sweep %s: %d cells to run (%d resumed) on %d model(s)", sweep_id, len(todo), len(resume),
+                len(by_model))
+    statuses: dict[str, str] = {}
+    if not parallel or len(by_model) <= 1:
+        for cells in by_model.values():
+            statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex, resume))
+        return statuses
+    with ThreadPoolExecutor(max_workers=len(by_model)) as pool:
+        futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex,
+                               resume) for cells in by_model.values()]
+        for f in futures:
+            statuses.update(f.result())
+    return statuses
+
+
+def start_writer(path: str, executor: Executor | None = None) -> Any:
     """The one process that owns the DuckDB file."""
-    return ray.remote(ResultWriter).options(num_cpus=0, max_concurrency=1).remote(path)
+    return (executor or RayExecutor()).actor(ResultWriter, path, num_cpus=0, max_concurrency=1)

@@ -7,6 +7,7 @@ boundaries as numpy arrays (zero-copy through Ray's object store).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,8 +26,16 @@ from alphaedit import (
     requests_from_counterfact,
     spec_for,
 )
-from alphaedit.state import restore_weights, snapshot_weights
+from alphaedit.editor import NonFiniteError, check_finite
+from alphaedit.state import EditState, restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
+from storage.artifacts import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactStore,
+    CheckpointKey,
+    Codec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,46 +78,154 @@ def stats_shard(model_path: str, texts: Sequence[str], hparams: Mapping[str, Any
 
 
 def merge_shards(shards: Sequence[StatsArrays]) -> dict[int, SecondMoment]:
-    """Exact merge of shard arrays (sums and counts add), through :func:`alphaedit.merge_stats`."""
-    return merge_stats(
+    """Exact merge of shard arrays (sums and counts add), through :func:`alphaedit.merge_stats`.
+
+    Raises :class:`alphaedit.editor.NonFiniteError` when a merged Σ k kᵀ holds NaN or Inf.
+    """
+    merged = merge_stats(
         {layer: SecondMoment(torch.from_numpy(np.array(sum_kkT, dtype=np.float64)), int(count))
          for layer, (sum_kkT, count) in shard.items()}
         for shard in shards
     )
+    check_finite({f"layer {layer} sum_kkT": acc.sum_kkT for layer, acc in merged.items()}, "key statistics")
+    return merged
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+class CellFailed(RuntimeError):
+    """A run cell cannot go on; the message (stored in ``runs.error``) says what, where and what to do."""
+
+
+def describe_failure(exc: BaseException, where: str) -> str:
+    """One line for ``runs.error``: the kind of failure, where it happened, the cause and a hint."""
+    import errno
+
+    cause = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, CellFailed):
+        return str(exc)
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return (f"out of memory {where} ({cause}). Lower batch_size or prompt_batch_size, or give the "
+                "editor a larger GPU (models.N.num_gpus); the cell's earlier checkpoints and rows are kept.")
+    if isinstance(exc, NonFiniteError):
+        return f"non-finite values {where} ({cause})"
+    if isinstance(exc, ArtifactCorruptError):
+        return f"corrupt artifact {where} ({cause})"
+    if isinstance(exc, ArtifactError):
+        return f"artifact problem {where} ({cause})"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"disk full {where} ({cause}). Free space on the artifact/results file system or point "
+                "artifact_root/results elsewhere, then rerun with --resume SWEEP_ID.")
+    return f"{cause} ({where})"
 
 
 # --- the editor -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CellStart:
-    """What the editor needs to begin one run cell."""
+    """What the editor needs to begin (or resume) one run cell.
+
+    ``checkpoint_at``: edits_done values after which the state is stored as a checkpoint;
+    ``keep_checkpoints``: those never deleted (evaluation points, the last one); any other
+    checkpoint is deleted once a newer one is stored. ``resume``: continue from the newest stored
+    checkpoint of this run (same run_id and config hash) instead of from the base model.
+    """
 
     run_id: str
     method: str
     hparams: dict[str, Any]
     seed: int
+    config_hash: str = ""
+    checkpoint_at: tuple[int, ...] = ()
+    keep_checkpoints: tuple[int, ...] = ()
+    resume: bool = False
+
+
+def checkpoint_codec() -> Codec:
+    """Artifact codec of an editor checkpoint: ``(EditState, extra tensors)`` as one safetensors blob."""
+    return Codec("edit_state", "safetensors", lambda v: v[0].to_bytes(v[1]), EditState.from_bytes)
+
+
+def checkpoint_key(run_id: str, config_hash: str, edits_done: int) -> CheckpointKey:
+    return CheckpointKey(run_id=run_id, config_hash=config_hash, edits_done=int(edits_done))
+
+
+@dataclass(frozen=True)
+class StoredDeltas:
+    """Deltas to evaluate, read from a stored checkpoint (instead of shipped as arrays)."""
+
+    store_root: str
+    run_id: str
+    config_hash: str
+    edits_done: int
+
+    def load(self) -> dict[str, np.ndarray]:
+        key = checkpoint_key(self.run_id, self.config_hash, self.edits_done)
+        state, _ = ArtifactStore(self.store_root).get(key, checkpoint_codec())
+        return {name: d.numpy() for name, d in state.deltas.items()}
+
+
+def _reports_to_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Batch reports as JSON data (checkpoint rows' ``created_at`` as ISO text)."""
+    out = []
+    for r in reports:
+        r = dict(r)
+        if r.get("checkpoint") is not None:
+            r["checkpoint"] = {**r["checkpoint"], "created_at": r["checkpoint"]["created_at"].isoformat()}
+        out.append(r)
+    return out
+
+
+def _reports_from_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    from datetime import datetime
+
+    out = []
+    for r in reports:
+        r = dict(r)
+        if r.get("checkpoint") is not None:
+            r["checkpoint"] = {**r["checkpoint"], "created_at": datetime.fromisoformat(r["checkpoint"]["created_at"])}
+        out.append(r)
+    return out
 
 
 class EditorWorker:
     """Holds one model, its preservation statistics and the edit state of the current run cell.
 
-    The base weights are snapshotted once; :meth:`start_cell` restores them before a new cell,
-    so cells of the same model run one after the other on one copy of the model.
+    The base weights are snapshotted once; :meth:`begin` restores them before a new cell, so
+    cells of the same model run one after the other on one copy of the model. With a
+    ``store_root`` the state is checkpointed (deltas, Σ Kp Kpᵀ, the exact edited weights, the RNG
+    state, the position in the stream) at the cell's ``checkpoint_at`` points, and :meth:`begin`
+    with ``resume=True`` continues bit-exactly from the newest checkpoint, also in a restarted
+    actor (whose ``__init__`` ran again).
     """
 
     def __init__(self, model_path: str, stats: Mapping[int, tuple[np.ndarray, int]], num_gpus: float = 0.0,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", store_root: str | None = None) -> None:
         self.device = pick_device(num_gpus)
         self.model, self.tokenizer = load_model(model_path, self.device, dtype)
         self.spec = spec_for(self.model)
         self.stats = merge_shards([dict(stats)])
+        self.store_root = store_root
         self._base: dict[str, torch.Tensor] | None = None
         self.editor: Editor | None = None
+        self.cell: CellStart | None = None
         self.run_id: str | None = None
-        self.projector_ranks: dict[int, float] = {}
+        self._failed: str | None = None
+        self._last_checkpoint: int | None = None
+        self.reports: list[dict[str, Any]] = []  # one per batch of the current cell (timings, checkpoint row)
         logger.info("editor worker for %s on %s", model_path, self.device)
 
     def start_cell(self, cell: CellStart) -> dict[str, Any]:
+        """Begin ``cell`` from the base model (no resume); see :meth:`begin`."""
+        return self.begin(dataclasses.replace(cell, resume=False))
+
+    def begin(self, cell: CellStart) -> dict[str, Any]:
+        """Set up ``cell``: base weights, seed, editor; with ``cell.resume`` the newest checkpoint.
+
+        Returns ``{"edits_done": position in the stream, "setup_seconds", "projector_kept"?}``.
+        Raises :class:`storage.artifacts.ArtifactCorruptError` when the newest checkpoint fails
+        verification (delete it to resume from the one before).
+        """
         hp = EditHparams.from_dict(cell.hparams)
         names = [self.spec.weight_name(layer) for layer in hp.layers]
         if self._base is None or set(self._base) != set(names):
@@ -116,30 +233,110 @@ class EditorWorker:
                 restore_weights(self.model, self._base)
             self._base = snapshot_weights(self.model, names)
         restore_weights(self.model, self._base)
+        self.editor, self.cell, self.run_id, self._failed, self._last_checkpoint = None, cell, cell.run_id, None, None
+        self.reports = []
         torch.manual_seed(cell.seed)
         missing = set(hp.layers) - set(self.stats)
         if missing:
             raise ValueError(f"{cell.run_id}: no key statistics for layers {sorted(missing)}")
         t0 = time.perf_counter()
+        loaded = self._newest_checkpoint(cell) if cell.resume else None
+        state, extras, record = loaded if loaded is not None else (None, {}, None)
         self.editor = Editor(self.model, self.tokenizer, hp, cell.method,
-                             stats={layer: self.stats[layer] for layer in hp.layers}, spec=self.spec)
-        self.run_id = cell.run_id
-        info: dict[str, Any] = {"setup_seconds": time.perf_counter() - t0}
+                             stats={layer: self.stats[layer] for layer in hp.layers}, spec=self.spec, state=state)
+        if state is not None:
+            # Exact edited weights (base + Δ in float32 can differ from them in the last bit).
+            restore_weights(self.model, {n: extras[f"weight.{n}"].to(self.device) for n in names})
+            torch.set_rng_state(extras["rng.cpu"])
+            if "rng.cuda" in extras and self.device.type == "cuda":
+                torch.cuda.set_rng_state(extras["rng.cuda"], self.device)
+            self._last_checkpoint = state.n_edits
+            # The batches before the checkpoint, as reported then; the checkpoint's own row has the
+            # time it took to read it back (its write time died with the process that wrote it).
+            self.reports = _reports_from_json(state.extra.get("batch_reports", []))
+            if self.reports and record is not None:
+                self.reports[-1]["checkpoint"] = {**record, "kept": state.n_edits in cell.keep_checkpoints}
+            logger.info("%s: resumed from the checkpoint after %d edits", cell.run_id, state.n_edits)
+        info: dict[str, Any] = {"setup_seconds": time.perf_counter() - t0, "edits_done": self.editor.state.n_edits,
+                                "reports": list(self.reports)}
         if self.editor.projectors is not None:
             info["projector_kept"] = {int(layer): kept_fraction(p) for layer, p in self.editor.projectors.items()}
         return info
 
-    def edit(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Edit one batch of CounterFact-format records; return the batch report as a dict."""
-        if self.editor is None:
-            raise RuntimeError("EditorWorker.edit before start_cell")
-        requests = requests_from_counterfact(list(records))
-        report = self.editor.edit(requests)
-        for name, delta in self.editor.state.deltas.items():
-            if not torch.isfinite(delta).all():
-                raise FloatingPointError(f"{self.run_id}: the update of {name} contains NaN/Inf")
-        return {"n_requests": report.n_requests, "edits_done": report.n_edits_total,
-                "seconds": report.seconds, "mean_target_loss": report.mean_target_loss}
+    def _store(self) -> ArtifactStore:
+        if self.store_root is None:
+            raise RuntimeError("EditorWorker has no store_root: checkpoints need an artifact store")
+        return ArtifactStore(self.store_root)
+
+    def _newest_checkpoint(self, cell: CellStart
+                           ) -> tuple[EditState, dict[str, torch.Tensor], dict[str, Any]] | None:
+        """(state, extras, artifact row + read seconds) of the newest stored checkpoint, or None."""
+        store = self._store()
+        for edits_done in sorted(cell.checkpoint_at, reverse=True):
+            key = checkpoint_key(cell.run_id, cell.config_hash, edits_done)
+            if store.exists(key):
+                t0 = time.perf_counter()
+                state, extras = store.get(key, checkpoint_codec())  # ArtifactCorruptError: never used
+                row = {**store.record(key).as_row(), "seconds": time.perf_counter() - t0}
+                if state.n_edits != edits_done:
+                    raise CellFailed(f"{cell.run_id}: checkpoint {key.digest()[:12]} holds {state.n_edits} edits, "
+                                     f"its key says {edits_done}; delete it ({store.folder(key)})")
+                return state, extras, row
+        return None
+
+    def edit(self, records: Sequence[Mapping[str, Any]], start: int | None = None,
+             want_deltas: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+        """Edit one batch of CounterFact-format records that begins after ``start`` edits.
+
+        Returns (batch report, the deltas after the batch when ``want_deltas`` else None). The
+        report carries the checkpoint's artifact row when one was stored. A batch that does not
+        continue the stream (``start`` differs from the edits done) or follows a failed batch
+        raises :class:`CellFailed`; errors are described with :func:`describe_failure`.
+        """
+        if self.editor is None or self.cell is None:
+            raise RuntimeError("EditorWorker.edit before begin")
+        done = self.editor.state.n_edits
+        where = f"in the batch of edits {done}-{done + len(records)} of {self.run_id}"
+        if self._failed is not None:
+            raise CellFailed(f"{where}: skipped, an earlier batch failed: {self._failed}")
+        if start is not None and start != done:
+            raise CellFailed(f"{where}: the batch starts after {start} edits but the editor has done {done}")
+        try:
+            report = self.editor.edit(requests_from_counterfact(list(records)))
+            out = {"step": len(self.reports), "n_requests": report.n_requests, "edits_done": report.n_edits_total,
+                   "seconds": report.seconds, "mean_target_loss": report.mean_target_loss, "checkpoint": None}
+            self.reports.append(out)
+            if report.n_edits_total in self.cell.checkpoint_at:
+                out["checkpoint"] = self._checkpoint()
+        except (torch.OutOfMemoryError, MemoryError, NonFiniteError, OSError, ArtifactError) as exc:
+            self._failed = describe_failure(exc, where)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise CellFailed(self._failed) from exc
+        return out, (self.deltas() if want_deltas else None)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """Store the state now; delete the previous checkpoint unless it is kept. Returns the artifact row."""
+        assert self.editor is not None and self.cell is not None
+        t0 = time.perf_counter()
+        state = self.editor.state
+        params = dict(self.model.named_parameters())
+        extras = {f"weight.{n}": params[n].detach() for n in state.weight_names.values()}
+        extras["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            extras["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        store = self._store()
+        state.extra["batch_reports"] = _reports_to_json(self.reports)  # so a resume can write their rows
+        record = store.put(checkpoint_key(self.cell.run_id, self.cell.config_hash, state.n_edits), (state, extras),
+                           checkpoint_codec())
+        prev = self._last_checkpoint
+        if prev is not None and prev != state.n_edits and prev not in self.cell.keep_checkpoints:
+            store.delete(checkpoint_key(self.cell.run_id, self.cell.config_hash, prev))
+        self._last_checkpoint = state.n_edits
+        row = record.as_row()
+        row["seconds"] = time.perf_counter() - t0
+        row["kept"] = state.n_edits in self.cell.keep_checkpoints
+        return row
 
     def deltas(self) -> dict[str, np.ndarray]:
         """W_edited - W_base of every edited weight (float32 numpy, owned by the caller)."""
@@ -178,9 +375,11 @@ def cached_model(path: str, device: torch.device, dtype: str) -> tuple[Any, Any]
     return _MODEL_CACHE[key]
 
 
-def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray], req: EvalRequest,
+def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | StoredDeltas, req: EvalRequest,
                         num_gpus: float = 0.0, dtype: str = "float32") -> dict[str, Any]:
     """Rewrite metrics and lm-eval probes of base + ``deltas``; rows ready for the writer.
+
+    ``deltas``: arrays (shipped from the editor) or a :class:`StoredDeltas` read from the store.
 
     The base weights are restored afterwards (``eval.edited.edited_weights``), so a worker can
     keep its model loaded across checkpoints.
@@ -192,6 +391,8 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray], req: 
 
     t0 = time.perf_counter()
     model, tok = cached_model(model_path, pick_device(num_gpus), dtype)
+    if isinstance(deltas, StoredDeltas):
+        deltas = deltas.load()
     torch_deltas = {name: torch.from_numpy(np.array(d)) for name, d in deltas.items()}
     metric_rows: list[dict[str, Any]] = []
     probe_rows: list[dict[str, Any]] = []

@@ -3,12 +3,18 @@
     python jobs/sweep.py                                   # default demo on the toy world (local Ray)
     python jobs/sweep.py --config jobs/configs/gpt2-xl.yaml --set n_edits=[2000]
     ray job submit --working-dir . -- python jobs/sweep.py --config ... --set results=/shared/results.duckdb
+    python jobs/sweep.py --config ... --resume SWEEP_ID    # continue a sweep whose driver died
 
 The config (YAML) expands models x methods x batch sizes x n_edits x datasets x seeds x hparams
 overrides into run cells (see cluster/config.py). Under `ray job submit` the job joins the cluster
 (RAY_ADDRESS is set); run directly, it starts a local Ray. Relative `results`/`artifact_root`
 paths are resolved against the repository root; under `ray job submit` that is the uploaded copy,
 so give absolute paths on shared storage there.
+
+Resume: `--resume SWEEP_ID` (with the same --config/--set as the first run) continues that sweep:
+finished cells are skipped; unfinished ones continue from their newest editor checkpoint, and
+evaluations already in the database are not redone. Exit codes: 0 all cells finished, 1 some
+cell failed (see `runs.error`), 2 bad config / resources / nothing to resume.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: the toy-world demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set eval_every=100 --set models.0.num_gpus=1")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray; 'local' "
+                   "always starts a new local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     p.add_argument("--rerun", choices=["resume", "replace"], default="resume",
                    help="runs already in the database: resume/skip them (default) or replace them")
+    p.add_argument("--resume", metavar="SWEEP_ID", default=None,
+                   help="continue the sweep SWEEP_ID (same --config/--set as its first run): skip finished "
+                        "cells, batches and evaluations")
     return p.parse_args(argv)
 
 
@@ -65,36 +74,45 @@ def main(argv: list[str] | None = None) -> int:
     except SweepConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sweep_id = cfg.sweep_id or f"sweep-{cfg.hash[:10]}"
+    if args.resume and args.rerun == "replace":
+        print("error: --resume continues a sweep; it cannot be combined with --rerun replace", file=sys.stderr)
+        return 2
+    sweep_id = args.resume or cfg.sweep_id or f"sweep-{cfg.hash[:10]}"
     log.info("resolved config (hash %s, sweep %s):\n%s", cfg.hash, sweep_id, json.dumps(cfg.to_dict(), indent=1))
 
     import ray
     from tqdm.auto import tqdm
 
-    from cluster.pipeline import GET_TIMEOUT_S, ResourceError, register, run_model, start_writer
+    from cluster.executor import RayExecutor
+    from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep, start_writer
     from storage.artifacts import ArtifactStore
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address == "local":  # a new local instance even when another Ray runs on this machine
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    elif address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ex = RayExecutor()
     t0 = time.time()
     results = resolve(cfg.results)
     if "://" not in results:
         Path(results).parent.mkdir(parents=True, exist_ok=True)
-    writer = start_writer(results)
+    writer = start_writer(results, ex)
     store = ArtifactStore(resolve(cfg.artifact_root))
     exit_code = 0
     try:
-        todo = register(cfg, sweep_id, writer, git_sha(), on_existing=args.rerun)
-        total_cells = len(list(cfg.cells()))
-        log.info("%d run cells, %d to run (%d finished earlier)", total_cells, len(todo), total_cells - len(todo))
-        by_model: dict[str, list] = {}
-        for cell in todo.values():
-            by_model.setdefault(cell.model.name, []).append(cell)
-        batches = sum(-(-c.n_edits // c.batch_size) for c in todo.values())
+        if args.resume:
+            known = ray.get(writer.query.remote("SELECT count(*) AS n FROM runs WHERE sweep_id = $s",
+                                                {"s": sweep_id}), timeout=GET_TIMEOUT_S)["n"][0]
+            if not known:
+                print(f"error: --resume {sweep_id}: no runs of that sweep in {results}; pass the same --config "
+                      "and --set as its first run (they name the results file)", file=sys.stderr)
+                return 2
+        cells = list(cfg.cells())
+        batches = sum(-(-c.n_edits // c.batch_size) for c in cells)
         bar = tqdm(total=batches, desc="edit batches", unit="batch")
 
         def progress(msg: str) -> None:
@@ -102,17 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(1)
             bar.set_postfix_str(msg[-60:], refresh=False)
 
-        statuses: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=max(1, len(by_model))) as pool:  # models run in parallel
-            futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, progress)
-                       for cells in by_model.values()]
-            for f in futures:
-                statuses.update(f.result())
+        statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
+                             on_progress=progress)
         bar.close()
+        log.info("%d run cells, %d to run (%d finished earlier)", len(cells), len(statuses),
+                 len(cells) - len(statuses))
         summary = ray.get(writer.canned.remote("method_comparison"), timeout=GET_TIMEOUT_S)
         probes = ray.get(writer.query.remote(
             "SELECT r.method, p.task, p.edits_done, round(p.value, 4) AS value FROM probes p JOIN runs r USING (run_id) "
-            f"WHERE r.sweep_id = '{sweep_id}' AND p.metric = 'acc' ORDER BY 2, 1, 3"), timeout=GET_TIMEOUT_S)
+            "WHERE r.sweep_id = $s AND p.metric = 'acc' ORDER BY 2, 1, 3", {"s": sweep_id}), timeout=GET_TIMEOUT_S)
         import polars as pl
 
         with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):

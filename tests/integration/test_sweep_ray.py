@@ -60,6 +60,8 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
             out = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                    for t in ("runs", "metrics", "probes", "timings", "artifacts")}
             out["finished"] = con.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone()[0]
+            out["stats_artifacts"] = con.execute(
+                "SELECT count(*) FROM artifacts WHERE kind = 'key_stats'").fetchone()[0]
             out["dupes"] = con.execute(
                 "SELECT count(*) FROM (SELECT run_id, edits_done, dataset, metric FROM metrics "
                 "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
@@ -77,7 +79,8 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
     assert c1["probes"] == 2 * 3 * 3  # toy_knowledge acc/acc_norm + toy_acceptability acc
     from alphaedit import preset
 
-    assert c1["artifacts"] == len(preset("toy").layers)  # key statistics of each edited layer, stored once
+    assert c1["stats_artifacts"] == len(preset("toy").layers)  # key statistics of each edited layer, stored once
+    assert c1["artifacts"] == c1["stats_artifacts"] + 2 * 2  # + the kept editor checkpoints (10, 20 edits) per run
 
     again = _submit(address, env, *overrides)  # same sweep again: finished cells are skipped
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
