@@ -1,4 +1,4 @@
-"""AlphaEdit (null-space-constrained knowledge editing) and MEMIT on one code path.
+"""AlphaEdit (null-space-constrained knowledge editing), MEMIT, ROME, EMMET, PRUNE and RECT on one code path.
 
 Pure numerics: imports torch, transformers, safetensors, numpy and the standard library only.
 """
@@ -12,12 +12,21 @@ from alphaedit.editor import (
     prev_keys_increment,
     projectors_from_stats,
 )
-from alphaedit.hparams import METHODS, PRESETS, EditHparams, preset
+from alphaedit.hparams import METHODS, PRESETS, EditHparams, hparams_for, preset
+from alphaedit.methods import MethodSpec, method_name, method_spec, rect_mask, restrain_accumulated
 from alphaedit.models import ModelSpec, known_model_types, register_spec, spec_for
 from alphaedit.projector import kept_fraction, null_space_projector, projector_rank
 from alphaedit.requests import EditRequest, InvalidRequestError, requests_from_counterfact
 from alphaedit.scoring import TargetScores, score_targets
-from alphaedit.solve import SolveInputs, alphaedit_update, memit_update, solve_update, spread_residual
+from alphaedit.solve import (
+    SolveInputs,
+    alphaedit_update,
+    emmet_update,
+    memit_update,
+    rome_update,
+    solve_update,
+    spread_residual,
+)
 from alphaedit.state import (
     EditState,
     apply_deltas,
@@ -32,11 +41,12 @@ from alphaedit.templates import sample_context_templates
 
 __all__ = [
     "METHODS", "PRESETS", "BatchDeltas", "BatchReport", "EditHparams", "EditRequest", "EditState", "Editor",
-    "InvalidRequestError", "ModelSpec", "SecondMoment", "SolveInputs", "TargetScores", "alphaedit_update",
-    "apply_deltas", "compute_deltas", "compute_key_stats", "compute_targets", "kept_fraction",
-    "known_model_types", "load_deltas", "load_stats", "memit_update", "merge_stats", "null_space_projector",
-    "preservation_stats", "preset", "prev_keys_increment", "projector_rank", "projectors_from_stats",
-    "register_spec", "requests_from_counterfact", "restore_weights", "sample_context_templates",
-    "save_deltas", "save_stats", "score_targets", "snapshot_weights", "solve_update", "spec_for",
-    "spread_residual",
+    "InvalidRequestError", "MethodSpec", "ModelSpec", "SecondMoment", "SolveInputs", "TargetScores",
+    "alphaedit_update", "apply_deltas", "compute_deltas", "compute_key_stats", "compute_targets", "emmet_update",
+    "hparams_for", "kept_fraction", "known_model_types", "load_deltas", "load_stats", "memit_update",
+    "merge_stats", "method_name", "method_spec", "null_space_projector", "preservation_stats", "preset",
+    "prev_keys_increment", "projector_rank", "projectors_from_stats", "rect_mask", "register_spec",
+    "requests_from_counterfact", "restore_weights", "restrain_accumulated", "rome_update",
+    "sample_context_templates", "save_deltas", "save_stats", "score_targets", "snapshot_weights", "solve_update",
+    "spec_for", "spread_residual",
 ]

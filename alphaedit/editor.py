@@ -11,6 +11,11 @@ One batch (reference ``apply_AlphaEdit_to_model`` / ``apply_memit_to_model``):
 :func:`compute_deltas` performs steps 1-2 and returns the per-weight deltas with the model's
 weights restored bit-exactly; :func:`apply_deltas` applies them; :func:`prev_keys_increment`
 gives step 3's increments. :class:`Editor` strings them together and keeps the :class:`EditState`.
+
+The method family (``alphaedit.methods``) plugs in here: the solve of step 2 is the method's
+(MEMIT, AlphaEdit, ROME, EMMET), RECT masks each layer's update in step 2, ROME runs steps 1-2 once
+per request, and PRUNE restrains the accumulated edit after each batch (the Editor keeps the raw
+sum Δ_raw in ``EditState.raw_deltas`` and the model holds W_0 + F(Δ_raw)).
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alphaedit.hparams import METHODS, EditHparams
+from alphaedit.hparams import EditHparams
 from alphaedit.keys import subject_representations
-from alphaedit.models import ModelSpec, edited_weight, spec_for, to_weight_layout
+from alphaedit.methods import method_spec, postprocess_update, restrain_accumulated, rome_keys, spectral_norm
+from alphaedit.models import ModelSpec, edited_weight, from_weight_layout, spec_for, to_weight_layout
 from alphaedit.projector import kept_fraction, null_space_projector
 from alphaedit.requests import EditRequest
 from alphaedit.solve import SolveInputs, solve_update, spread_residual
@@ -60,11 +66,6 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
         )
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown editing method {method!r}; known: {list(METHODS)}")
-
-
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
@@ -89,13 +90,23 @@ def compute_deltas(
 ) -> BatchDeltas:
     """Per-weight deltas of one batch. The model is modified during the call and restored exactly.
 
-    ``projectors``: layer -> P (AlphaEdit). ``second_moments``: layer -> E[k kᵀ] (MEMIT).
-    ``prev_keys``: layer -> Σ Kp Kpᵀ of previous batches (used by AlphaEdit; by MEMIT only with
-    ``hparams.memit_uses_prev_keys``).
+    ``projectors``: layer -> P (AlphaEdit, every ``+proj`` method). ``second_moments``: layer ->
+    E[k kᵀ] (MEMIT, ROME, EMMET, and PRUNE/RECT without the projection). ``prev_keys``: layer ->
+    Σ Kp Kpᵀ of previous batches (used by AlphaEdit and prune/rect+proj; by MEMIT-based methods only
+    with ``hparams.memit_uses_prev_keys``; never by ROME and EMMET). RECT's deltas are the masked
+    updates; PRUNE's are the unrestrained ones (the restraint acts on the accumulated edit, see
+    :class:`Editor`).
     """
-    _check_method(method)
+    mspec = method_spec(method)
     spec = spec or spec_for(model)
     layers = hparams.layers
+    if mspec.max_batch is not None and len(requests) > mspec.max_batch:
+        raise ValueError(f"compute_deltas: {method} edits {mspec.max_batch} request at a time, got {len(requests)} "
+                         "(Editor.edit splits a batch)")
+    if mspec.base == "rome" and len(layers) != 1:
+        raise ValueError(f"{method} edits one layer, got layers {layers}: set layers=(l,) or use "
+                         f"alphaedit.hparams_for(preset, {method!r})")
+    dtype = _dtype(hparams.solve_dtype)
     device = model_device(model)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -106,7 +117,7 @@ def compute_deltas(
     names = [spec.weight_name(layer) for layer in layers]
     snapshot = snapshot_weights(model, names)
     deltas: dict[str, torch.Tensor] = {}
-    use_cache = method == "alphaedit" or hparams.memit_uses_prev_keys
+    use_cache = mspec.uses_prev_keys(hparams)
     t_keys = t_solve = 0.0
     try:
         for i, layer in enumerate(layers):
@@ -119,18 +130,32 @@ def compute_deltas(
             t2 = time.perf_counter()
             K1 = reps.keys[layer].T  # (d_k, u)  # noqa: N806
             R = spread_residual(targets.z, reps.block_out, i, len(layers))  # (d_model, u)  # noqa: N806
+            P = None if (projectors is None or not mspec.projection) else projectors.get(layer)  # noqa: N806
+            weight = edited_weight(model, spec, layer)
+            W = None  # noqa: N806
+            if mspec.base == "rome" or mspec.masks:
+                W = from_weight_layout(weight.detach(), spec).to(dtype)  # (d_model, d_k) current weight  # noqa: N806
+            K_den = None  # noqa: N806
+            if mspec.base == "rome":
+                K1, K_den, R = rome_keys(K1.to(dtype), reps.bare_keys[layer].T.to(dtype), R.to(dtype), W,  # noqa: N806
+                                         hparams.rome_key_mode)
             inputs = SolveInputs(
-                K1=K1, R=R,
-                P=None if projectors is None else projectors.get(layer),
+                K1=K1, R=R, P=P,
                 C0=None if second_moments is None else second_moments.get(layer),
                 cache=prev_keys.get(layer) if (use_cache and prev_keys is not None) else None,
-                l2=hparams.l2, mom2_update_weight=hparams.mom2_update_weight,
+                l2=hparams.l2, mom2_update_weight=hparams.mom2_update_weight, K_den=K_den,
+                rome_mom2_adjustment=hparams.rome_mom2_adjustment, emmet_ridge=hparams.emmet_ridge,
+                emmet_ridge_single_edit=hparams.emmet_ridge_single_edit, cov_ridge=hparams.cov_ridge,
             )
-            delta = solve_update(method, inputs, _dtype(hparams.solve_dtype))  # (d_model, d_k)
-            weight = edited_weight(model, spec, layer)
-            stored = to_weight_layout(delta, spec).float()  # weight's shape
+            delta = solve_update(mspec.solver, inputs, dtype)  # (d_model, d_k)
+            if mspec.masks:
+                kept = postprocess_update(mspec, delta, W, hparams, P)  # (d_model, d_k)
+                stored = to_weight_layout(kept, spec).float()  # weight's shape
+                in_loop = stored if hparams.rect_mask_in_layer_loop else to_weight_layout(delta, spec).float()
+            else:
+                stored = in_loop = to_weight_layout(delta, spec).float()  # weight's shape
             with torch.no_grad():
-                weight.add_(stored.to(weight.dtype))
+                weight.add_(in_loop.to(weight.dtype))
             deltas[names[i]] = stored
             _sync(device)
             t_keys += t2 - t1
@@ -222,18 +247,18 @@ class Editor:
         templates: Templates | None = None,
         state: EditState | None = None,
     ) -> None:
-        _check_method(method)
+        self.method_spec = method_spec(method)
         self.model, self.tokenizer, self.hparams, self.method = model, tokenizer, hparams, method
         self.spec = spec or spec_for(model)
         device = model_device(model)
         self.device = device
-        if method == "alphaedit" and projectors is None:
+        if self.method_spec.needs_projector and projectors is None:
             if stats is None:
-                raise ValueError("Editor(method='alphaedit') needs `projectors` or `stats` (key statistics)")
+                raise ValueError(f"Editor(method={method!r}) needs `projectors` or `stats` (key statistics)")
             projectors = projectors_from_stats(stats, hparams, device)
-        if method == "memit" and second_moments is None:
+        if self.method_spec.needs_second_moment and second_moments is None:
             if stats is None:
-                raise ValueError("Editor(method='memit') needs `second_moments` or `stats` (key statistics)")
+                raise ValueError(f"Editor(method={method!r}) needs `second_moments` or `stats` (key statistics)")
             second_moments = {layer: acc.mean().float() for layer, acc in stats.items()}
         for what, table in (("projectors", projectors), ("second_moments", second_moments)):
             if table is not None and set(hparams.layers) - set(table):
@@ -247,6 +272,8 @@ class Editor:
         )
         names = [self.spec.weight_name(layer) for layer in hparams.layers]
         self.base = snapshot_weights(model, names)
+        # PRUNE: σ_max(W_0) per edited weight, from the base weights, once (methods.md §4.7).
+        self.sigma_max = {n: spectral_norm(w) for n, w in self.base.items()} if self.method_spec.restrains else {}
         if state is None:
             state = EditState.new(model, self.spec, hparams.layers, device)
             state.extra.update({"method": method, "hparams": hparams.to_dict()})
@@ -255,41 +282,83 @@ class Editor:
                 raise ValueError(f"Editor: state layers {state.layers} differ from hparams.layers {hparams.layers}")
             state.prev_keys = {k: v.to(device) for k, v in state.prev_keys.items()}
             load_edited(model, self.base, state.deltas)
+            if self.method_spec.restrains and state.n_edits and not state.raw_deltas:
+                logger.warning("Editor(%s): the state has no raw (unrestrained) deltas; continuing from the "
+                               "restrained ones (as prune_mode='in_loop' would)", method)
+                state.raw_deltas = {n: d.clone() for n, d in state.deltas.items()}
         self.state = state
         logger.info("editor: method %s, layers %s, device %s, dtype %s",
                     method, hparams.layers, device, next(model.parameters()).dtype)
 
     def edit(self, requests: Sequence[EditRequest]) -> BatchReport:
-        """Edit one batch in place and update the state."""
+        """Edit one batch in place and update the state.
+
+        ROME edits the batch's requests one after another (targets, keys and update per request).
+        PRUNE edits on W_0 + Δ_raw and leaves the model at W_0 + F(Δ_raw) (``prune_mode="shadow"``),
+        or sets Δ_raw := F(Δ_raw) (``"in_loop"``); ``state.deltas`` always equals what the model holds.
+        """
         t0 = time.perf_counter()
-        batch = compute_deltas(
-            self.model, self.tokenizer, requests, self.hparams, self.method, self.templates,
-            spec=self.spec, projectors=self.projectors, second_moments=self.second_moments,
-            prev_keys=self.state.prev_keys,
-        )
-        check_finite(batch.deltas, f"update of batch after {self.state.n_edits} edits ({self.method})")
-        apply_deltas(self.model, batch.deltas)
+        mspec = self.method_spec
+        if mspec.restrains:  # edit on the unrestrained accumulated edit
+            load_edited(self.model, self.base, self.state.raw_deltas)
+        step = mspec.max_batch or max(1, len(requests))
+        seconds: dict[str, float] = {}
+        losses, steps = [], []
+        batch_sum: dict[str, torch.Tensor] = {}
+        for start in range(0, len(requests), step):
+            batch = compute_deltas(
+                self.model, self.tokenizer, requests[start : start + step], self.hparams, self.method, self.templates,
+                spec=self.spec, projectors=self.projectors, second_moments=self.second_moments,
+                prev_keys=self.state.prev_keys,
+            )
+            check_finite(batch.deltas, f"update of batch after {self.state.n_edits} edits ({self.method})")
+            apply_deltas(self.model, batch.deltas)
+            for name, d in batch.deltas.items():
+                batch_sum[name] = d if name not in batch_sum else batch_sum[name] + d
+            for stage, sec in batch.seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + sec
+            losses.append(batch.targets.loss)
+            steps.append(batch.targets.steps)
         t1 = time.perf_counter()
         increments = prev_keys_increment(self.model, self.tokenizer, requests, self.hparams, self.templates, self.spec)
         for layer, inc in increments.items():
             self.state.prev_keys[layer] += inc.to(self.state.prev_keys[layer].device)
-        params = dict(self.model.named_parameters())
-        for name, base in self.base.items():
-            self.state.deltas[name] = params[name].detach().float() - base.float()
+        if mspec.restrains:
+            self._restrain(batch_sum)
+        else:
+            params = dict(self.model.named_parameters())
+            for name, base in self.base.items():
+                self.state.deltas[name] = params[name].detach().float() - base.float()
         self.state.n_edits += len(requests)
         self.state.case_ids.extend(r.case_id for r in requests)
         _sync(self.device)
-        seconds = dict(batch.seconds)
         seconds["prev_keys"] = time.perf_counter() - t1
         seconds["total"] = time.perf_counter() - t0
         report = BatchReport(
             n_requests=len(requests), n_edits_total=self.state.n_edits, seconds=seconds,
-            mean_target_loss=float(batch.targets.loss.mean()),
-            mean_target_steps=float(batch.targets.steps.float().mean()),
+            mean_target_loss=float(torch.cat(losses).mean()),
+            mean_target_steps=float(torch.cat(steps).float().mean()),
             case_ids=[r.case_id for r in requests],
         )
         logger.info("batch of %d edited (%d total) in %.2fs", len(requests), self.state.n_edits, seconds["total"])
         return report
+
+    def _restrain(self, batch_sum: Mapping[str, torch.Tensor]) -> None:
+        """PRUNE: Δ_raw += this batch's deltas; the model and state.deltas become W_0 + F(Δ_raw)."""
+        t0 = time.perf_counter()
+        hp = self.hparams
+        restrained = {}
+        for name in self.base:
+            prev = self.state.raw_deltas.get(name)
+            raw = batch_sum[name].float() if prev is None else prev.to(batch_sum[name].device).float() + batch_sum[name]
+            self.state.raw_deltas[name] = raw
+            restrained[name] = restrain_accumulated(raw, self.sigma_max[name], hp.prune_alpha, hp.prune_function,
+                                                    _dtype(hp.solve_dtype)).float()
+        if hp.prune_mode == "in_loop":
+            self.state.raw_deltas = {n: d.clone() for n, d in restrained.items()}
+        self.state.deltas = restrained
+        load_edited(self.model, self.base, restrained)
+        logger.debug("PRUNE restraint in %.2fs", time.perf_counter() - t0)
 
     def restore(self) -> None:
         """Put the base weights back (bit-exact); the state is left as is."""

@@ -3,6 +3,12 @@
 Every constant that changes a result is a field. Defaults follow the reference code
 (jianghoucheng/AlphaEdit @ f5248d3, ``hparams/AlphaEdit/*.json``); where the paper differs, the
 paper's variant is reachable through a field and the comment says so.
+
+Methods (issue 9): :data:`METHODS` is the single list of method names. ``alphaedit`` and ``memit``
+are the two original ones; ``rome``, ``emmet``, ``prune`` and ``rect`` are the method family of
+``alphaedit.methods``, each also with AlphaEdit's null-space projection as ``<name>+proj``
+(``alphaedit`` is itself MEMIT's path with the projection and AlphaEdit's objective).
+:func:`hparams_for` gives a preset plus the published method-specific defaults.
 """
 
 from __future__ import annotations
@@ -10,12 +16,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Method = Literal["alphaedit", "memit"]
 ThresholdMode = Literal["absolute", "relative"]
-METHODS: tuple[str, ...] = ("alphaedit", "memit")
+#: Suffix of a method name that switches AlphaEdit's null-space projection P on (``rome+proj``).
+PROJECTION_SUFFIX = "+proj"
+#: Methods of the family that exist with and without the projection (see alphaedit.methods).
+FAMILY: tuple[str, ...] = ("rome", "emmet", "prune", "rect")
+#: Every method name the library, the sweep config and jobs/edit.py accept.
+METHODS: tuple[str, ...] = ("alphaedit", "memit") + tuple(
+    name for base in FAMILY for name in (base, base + PROJECTION_SUFFIX))
+RomeKeyMode = Literal["r_rome", "original", "p_rome", "shared"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,41 @@ class EditHparams:
     key_budget_multiplier: float | None = None  # FastMEMIT: stop after multiplier * d_k keys
     # --- batching of the prompt forwards ---------------------------------------------------------
     prompt_batch_size: int = 512  # rows per forward when computing keys over template prompts
+    # --- method family (alphaedit.methods; methods.md) ------------------------------------------
+    # ROME (methods.md §2.4): which key/residual enter Δ = r ũᵀ / (ũᵀ k). "r_rome" (r-ROME code
+    # default, the paper's Eq. 2: (W+Δ)k* = v*), "original" (kmeng01/rome: denominator and residual
+    # from the bare prompt), "p_rome" (bare-prompt key everywhere), "shared" (k*, residual z - h_L as
+    # MEMIT/EMMET use it).
+    rome_key_mode: RomeKeyMode = "r_rome"
+    # ROME's mom2_adjustment: ũ = C0⁻¹ k (True, kmeng01/rome) or ũ = k (C = I; AlphaEdit's and
+    # EasyEdit's Llama-3 ROME configs).
+    rome_mom2_adjustment: bool = True
+    # EMMET ridge ρ on Kᵀ C0⁻¹ K, C0 = E[k kᵀ] unscaled: ρ = mom2_update_weight × emmet_lambda of the
+    # reference (methods.md §3.1). Default: GPT2-XL in scalable-model-editing/unified-model-editing
+    # (1000 × 0.1).
+    emmet_ridge: float = 100.0
+    # The EMMET reference adds the ridge only when a batch has more than one edit; EasyEdit always.
+    emmet_ridge_single_edit: bool = False
+    # μ in C0 + μ I before C0 is inverted (ROME, EMMET); the reference's update_norm_lambda / λ_m.
+    cov_ridge: float = 0.0
+    # PRUNE (methods.md §4): F(σ) = σ_max + log_α(σ / σ_max) for singular values σ >= σ_max(W_0) of
+    # the accumulated edit ("log", α = prune_alpha), or (σ + σ_max) / 2 ("linear").
+    prune_alpha: float = math.e
+    prune_function: Literal["log", "linear"] = "log"
+    # "shadow" (official protocol): edit on W_0 + Δ_raw, the model holds W_0 + F(Δ_raw);
+    # "in_loop": Δ_raw := F(Δ_raw) after every batch, so later edits see the restrained model.
+    prune_mode: Literal["shadow", "in_loop"] = "shadow"
+    # RECT (methods.md §5): keep the top rect_top_percent % of entries of Δ by |Δ| / (|W| + ε).
+    rect_top_percent: float = 40.0
+    rect_eps: float = 1e-8
+    # With the projection: M ⊙ (ΔP) then P again ("mask_then_project", keeps Δ = ΔP) or M ⊙ (ΔP) as
+    # is ("project_then_mask", exact sparsity, loses Δ K0 ≈ 0; methods.md §5.3).
+    rect_projection_order: Literal["mask_then_project", "project_then_mask"] = "mask_then_project"
+    # False (AlphaEdit's RECT baseline): later layers are solved against the full update of earlier
+    # layers and the mask is applied at insertion; True: the masked update is applied in the loop.
+    rect_mask_in_layer_loop: bool = False
+    # prune+proj / rect+proj use AlphaEdit's solve; include its Σ Kp Kpᵀ term (AlphaEdit §4.5 is silent).
+    projected_uses_prev_keys: bool = True
 
     def __post_init__(self) -> None:
         layers = tuple(int(x) for x in self.layers)
@@ -78,6 +126,21 @@ class EditHparams:
             raise ValueError("EditHparams.v_num_grad_steps must be >= 1")
         if self.key_budget_multiplier is not None and self.key_budget_multiplier <= 0:
             raise ValueError("EditHparams.key_budget_multiplier must be positive or None")
+        choices = {
+            "rome_key_mode": ("r_rome", "original", "p_rome", "shared"),
+            "prune_function": ("log", "linear"),
+            "prune_mode": ("shadow", "in_loop"),
+            "rect_projection_order": ("mask_then_project", "project_then_mask"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"EditHparams.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.prune_alpha <= 1:
+            raise ValueError(f"EditHparams.prune_alpha must be > 1 (log base), got {self.prune_alpha}")
+        if not 0 < self.rect_top_percent <= 100:
+            raise ValueError(f"EditHparams.rect_top_percent must be in (0, 100], got {self.rect_top_percent}")
+        if self.emmet_ridge < 0 or self.cov_ridge < 0:
+            raise ValueError("EditHparams.emmet_ridge and cov_ridge must be >= 0")
 
     def replace(self, **changes: Any) -> EditHparams:
         return dataclasses.replace(self, **changes)
@@ -141,3 +204,56 @@ def preset(name: str, **overrides: Any) -> EditHparams:
     if name not in PRESETS:
         raise KeyError(f"unknown hparams preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+# Method-specific defaults per preset (methods.md §2.5, §3.2; the z-optimisation fields of the
+# family's reference configs). PRUNE and RECT wrap the preset's MEMIT (or, with the projection,
+# AlphaEdit) editor and add only their own fields, whose defaults are the dataclass's (α = e,
+# top-40%), so they have no entries. Differences from the reference, on purpose:
+# - z lives on the shared path (block output, MEMIT's clamp 0.75·||h0||); ROME's reference optimizes
+#   the MLP output with clamp 4·||m0|| and has its own v_loss_layer (methods.md §2.4). The same δ
+#   results for one edited layer; the clamp reference differs.
+# - ROME's 1+20 flat templates are not used: the shared 1+5 grouped templates are (a config field).
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "gpt2-xl": {
+        "rome": dict(layers=(17,), v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5),  # kmeng01/rome
+        "emmet": dict(layers=(17,), emmet_ridge=100.0),  # unified-model-editing: λ_m 1000 × λ_e 0.1
+    },
+    "gpt-j": {
+        "rome": dict(layers=(5,), v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5),  # kmeng01/rome
+        "emmet": dict(layers=(5,), emmet_ridge=0.1),  # unified-model-editing: λ_m 1 × λ_e 0.1
+    },
+    "llama3-8b": {
+        # AlphaEdit hparams/ROME/Llama3-8B.json (layer 5, 25 steps, lr 0.5, decay 1e-3). C⁻¹ stays on
+        # (methods.md §2.5 recommendation); AlphaEdit's published ROME row used mom2_adjustment false:
+        # set rome_mom2_adjustment=False to reproduce it.
+        "rome": dict(layers=(5,), v_num_grad_steps=25, v_lr=0.5, v_weight_decay=1e-3),
+        # No official EMMET config for Llama-3: AlphaEdit's layers 4-8 with MEMIT spreading (so EMMET
+        # and AlphaEdit edit the same layers), ρ = 0.1 as unified-model-editing's Llama-2 config.
+        "emmet": dict(emmet_ridge=0.1),
+    },
+    # Toy world (tuned in this repo on the first toy CounterFact records; see README "Methods").
+    "toy": {
+        "rome": dict(layers=(2,)),
+        "emmet": dict(layers=(2,), emmet_ridge=1.0),
+    },
+}
+
+
+def method_base(method: str) -> str:
+    """The method without its projection suffix (``rome+proj`` -> ``rome``); validates the name."""
+    if method not in METHODS:
+        raise ValueError(f"unknown editing method {method!r}; known: {list(METHODS)}")
+    return method.removesuffix(PROJECTION_SUFFIX)
+
+
+def hparams_for(preset_name: str, method: str, **overrides: Any) -> EditHparams:
+    """Preset ``preset_name`` + the published defaults of ``method`` on it + ``overrides``.
+
+    ``alphaedit`` and ``memit`` get the preset unchanged (then the overrides). The projected and
+    unprojected variant of a method share their defaults.
+    """
+    if preset_name not in PRESETS:
+        raise KeyError(f"unknown hparams preset {preset_name!r}; known: {sorted(PRESETS)}")
+    changes = {**METHOD_DEFAULTS.get(preset_name, {}).get(method_base(method), {}), **overrides}
+    return PRESETS[preset_name].replace(**changes) if changes else PRESETS[preset_name]

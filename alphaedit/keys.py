@@ -20,6 +20,7 @@ from alphaedit.tokens import model_device, pad_id, right_pad
 class SubjectReps:
     keys: dict[int, torch.Tensor]  # layer -> (u, d_k) float32, template-averaged keys
     block_out: torch.Tensor | None  # (u, d_model) float32: block-L output on the bare prompt
+    bare_keys: dict[int, torch.Tensor] | None = None  # layer -> (u, d_k) float32, key of the bare prompt (ROME)
 
 
 @torch.no_grad()
@@ -77,12 +78,13 @@ def subject_representations(
     for group in templates:
         group_slices.append(slice(offset, offset + len(group)))
         offset += len(group)
-    keys = {}
+    keys, bare_keys = {}, {}
     for layer, name in zip(key_layers, key_names, strict=True):
         k = torch.cat(per_row[name]).view(u, n_tmpl, -1)  # (u, T, d_k)
         keys[layer] = torch.stack([k[:, s].mean(1) for s in group_slices]).mean(0)  # (u, d_k)
+        bare_keys[layer] = k[:, 0]  # (u, d_k)
     block_out = None
     if block_names:
         h = torch.cat(per_row[block_names[0]]).view(u, n_tmpl, -1)  # (u, T, d_model)
         block_out = h[:, 0]  # bare prompt
-    return SubjectReps(keys=keys, block_out=block_out)
+    return SubjectReps(keys=keys, block_out=block_out, bare_keys=bare_keys)

@@ -6,6 +6,8 @@ On disk (a folder; safetensors + JSON, no pickle):
   (e.g. ``transformer.h.1.mlp.c_proj.weight``), same shape as the weight, holding W_edited - W_base.
 - ``state.safetensors``: ``prev_keys.<layer>`` = Σ Kp Kpᵀ (d_k x d_k, float32) per edited layer.
 - ``state.json``: format, model type, layers, weight names, edit count, edited case ids, extras.
+- ``raw_deltas.safetensors`` (PRUNE only): the unrestrained accumulated edit Δ_raw per weight,
+  same keys and shapes as ``deltas.safetensors`` (which holds the restrained W_0 + F(Δ_raw) - W_0).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class EditState:
     n_edits: int = 0
     case_ids: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able metadata (method, hparams, ...)
+    # PRUNE: unrestrained accumulated edit Δ_raw per param name (fp32); empty for other methods
+    raw_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def new(cls, model: nn.Module, spec: ModelSpec, layers: Sequence[int],
@@ -66,6 +70,9 @@ class EditState:
             {f"prev_keys.{layer}": t.detach().float().cpu().contiguous() for layer, t in self.prev_keys.items()},
             folder / "state.safetensors", {"format": STATE_FORMAT},
         )
+        if self.raw_deltas:
+            save_deltas(self.raw_deltas, folder / "raw_deltas.safetensors",
+                        metadata={"format": STATE_FORMAT, "model_type": self.model_type})
         _atomic_write_text(folder / "state.json", json.dumps(self._meta(), indent=2))
         return folder
 
@@ -89,6 +96,8 @@ class EditState:
             n_edits=int(meta["n_edits"]),
             case_ids=list(meta["case_ids"]),
             extra=dict(meta.get("extra", {})),
+            raw_deltas=load_deltas(folder / "raw_deltas.safetensors") if (folder / "raw_deltas.safetensors").exists()
+            else {},
         )
 
     def _meta(self) -> dict[str, Any]:
@@ -105,13 +114,14 @@ class EditState:
     def to_bytes(self, extra_tensors: Mapping[str, torch.Tensor] | None = None) -> bytes:
         """The whole state as one safetensors blob (a checkpoint), optionally with extra tensors.
 
-        Tensors: ``delta.<param name>`` (float32), ``prev_keys.<layer>`` (float32) and
-        ``extra.<name>`` for each of ``extra_tensors`` (any dtype, e.g. exact edited weights or an
-        RNG state); the JSON metadata of :meth:`save` is in the header. Round-trips bit-exactly
-        through :meth:`from_bytes`.
+        Tensors: ``delta.<param name>`` (float32), ``prev_keys.<layer>`` (float32),
+        ``raw_delta.<param name>`` (float32, PRUNE's Δ_raw, only when present) and ``extra.<name>``
+        for each of ``extra_tensors`` (any dtype, e.g. exact edited weights or an RNG state); the JSON
+        metadata of :meth:`save` is in the header. Round-trips bit-exactly through :meth:`from_bytes`.
         """
         tensors = {f"delta.{n}": t.detach().float().cpu().contiguous() for n, t in self.deltas.items()}
         tensors |= {f"prev_keys.{layer}": t.detach().float().cpu().contiguous() for layer, t in self.prev_keys.items()}
+        tensors |= {f"raw_delta.{n}": t.detach().float().cpu().contiguous() for n, t in self.raw_deltas.items()}
         tensors |= {f"extra.{k}": t.detach().cpu().contiguous().clone() for k, t in (extra_tensors or {}).items()}
         return save_bytes(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(self._meta())})
 
@@ -135,6 +145,7 @@ class EditState:
             n_edits=int(meta["n_edits"]),
             case_ids=list(meta["case_ids"]),
             extra=dict(meta.get("extra", {})),
+            raw_deltas={k[len("raw_delta."):]: v for k, v in tensors.items() if k.startswith("raw_delta.")},
         )
         extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         return state, extras

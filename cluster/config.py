@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from alphaedit.hparams import METHODS, PRESETS, EditHparams
+from alphaedit.hparams import METHODS, PRESETS, EditHparams, hparams_for
 from storage.hashing import config_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,8 @@ class RunCell:
     eval_every: int
 
     def hparams(self) -> EditHparams:
-        return PRESETS[self.model.preset].replace(**self.overrides)
+        """The model's preset + the method's published defaults on it + this cell's overrides."""
+        return hparams_for(self.model.preset, self.method, **self.overrides)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines this run's results (its config hash is over this)."""

@@ -140,7 +140,7 @@ def test_editor_requires_statistics(tok):
     with pytest.raises(ValueError, match="projectors"):
         Editor(model, tok, HP, "alphaedit")
     with pytest.raises(ValueError, match="unknown editing method"):
-        Editor(model, tok, HP, "rome", stats={})
+        Editor(model, tok, HP, "no-such-method", stats={})
     stats = preservation_stats(model, tok, synthetic_texts(10), HP.replace(layers=(1,)))
     with pytest.raises(ValueError, match="lack layers"):
         Editor(model, tok, HP, "alphaedit", projectors=projectors_from_stats(stats, HP))

@@ -121,7 +121,7 @@ def test_solve_update_dispatches_and_checks_inputs():
     assert torch.allclose(m, memit_update(x["K1"], x["R"], x["C0"], 100.0, x["cache"]), atol=1e-10)
     assert solve_update("memit", inputs, dtype=torch.float32).dtype == torch.float32
     with pytest.raises(ValueError, match="known"):
-        solve_update("rome", inputs)
+        solve_update("no-such-solver", inputs)
     with pytest.raises(ValueError, match="projector"):
         solve_update("alphaedit", SolveInputs(K1=K1, R=R))
 
