@@ -119,3 +119,14 @@ def test_killed_editor_resumes_bit_identical(local_sweep) -> None:
     for layer in a.prev_keys:
         assert torch.equal(a.prev_keys[layer], b.prev_keys[layer]), layer
     assert a.n_edits == b.n_edits == 20 and a.case_ids == b.case_ids
+
+
+def test_resume_config_keys_are_validated() -> None:
+    from cluster.config import SweepConfigError
+
+    with pytest.raises(SweepConfigError) as err:
+        load_config(DEFAULT_CONFIG_PATH, ["checkpoint_every=0", "editor_max_restarts=-1"])
+    text = str(err.value)
+    assert "checkpoint_every: must be a positive integer" in text and "editor_max_restarts: must be" in text
+    cfg = load_config(DEFAULT_CONFIG_PATH, ["checkpoint_every=3", "editor_max_restarts=0"])
+    assert (cfg.checkpoint_every, cfg.editor_max_restarts) == (3, 0)
