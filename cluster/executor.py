@@ -40,7 +40,6 @@ class Executor(Protocol):
     def actor(self, cls: type, *args: Any, **options: Any) -> Any: ...
     def call(self, actor: Any, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> Any: ...
     def get(self, refs: Any, timeout: float | None = None) -> Any: ...
-    def ready(self, ref: Any) -> bool: ...
     def gpus(self) -> float: ...
     def kill(self, actor: Any, no_restart: bool = True) -> None: ...
 
@@ -75,10 +74,6 @@ class RayExecutor:
 
     def get(self, refs: Any, timeout: float | None = None) -> Any:
         return self._ray.get(refs, timeout=timeout)
-
-    def ready(self, ref: Any) -> bool:
-        done, _ = self._ray.wait([ref], num_returns=1, timeout=0)
-        return bool(done)
 
     def gpus(self) -> float:
         return float(self._ray.cluster_resources().get("GPU", 0.0))
@@ -186,9 +181,6 @@ class LocalExecutor:
         if isinstance(refs, list | tuple):
             return [r.result() for r in refs]
         return refs.result()
-
-    def ready(self, ref: Any) -> bool:
-        return True
 
     def gpus(self) -> float:
         return self._gpus
