@@ -34,8 +34,8 @@ from alphaedit import (  # noqa: E402
     EditHparams,
     Editor,
     EditRequest,
+    hparams_for,
     preservation_stats,
-    preset,
     projector_rank,
     projectors_from_stats,
     requests_from_counterfact,
@@ -95,7 +95,7 @@ def resolve_hparams(args: argparse.Namespace, model) -> tuple[str, EditHparams]:
         else:
             raise SystemExit(f"--preset is required for {args.model!r}; one of {sorted(PRESETS)} "
                              "(then adjust with --hparams / --layers)")
-    hp = preset(name)
+    hp = hparams_for(name, args.method)  # the preset + the method's published defaults on it
     if args.hparams:
         overrides = json.loads(Path(args.hparams).read_text())
         hp = EditHparams.from_dict({**hp.to_dict(), **overrides})

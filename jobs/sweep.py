@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        from cluster.preflight import preflight
+
+        preflight(cfg, args.config)  # models, layers, dataset files and sizes, probe tasks: before any work
     except SweepConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         log.info("%d run cells, %d to run (%d finished earlier)", len(cells), len(statuses),
                  len(cells) - len(statuses))
-        summary = ray.get(writer.canned.remote("method_comparison"), timeout=GET_TIMEOUT_S)
+        summary = ray.get(writer.canned.remote("method_comparison", sweep_id=sweep_id), timeout=GET_TIMEOUT_S)
         probes = ray.get(writer.query.remote(
             "SELECT r.method, p.task, p.edits_done, round(p.value, 4) AS value FROM probes p JOIN runs r USING (run_id) "
             "WHERE r.sweep_id = $s AND p.metric = 'acc' ORDER BY 2, 1, 3", {"s": sweep_id}), timeout=GET_TIMEOUT_S)
@@ -140,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(failed)} cells failed; see `SELECT run_id, error FROM runs WHERE status = 'failed'`")
             exit_code = 1
         print(f"query: python -m storage.query --db {results} method_comparison")
+        from storage.report import report_hint
+
+        print(f"report: {report_hint(results, sweep_id)}")
     except ResourceError as e:
         print(f"error: {e}", file=sys.stderr)
         exit_code = 2

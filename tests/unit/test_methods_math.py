@@ -71,8 +71,9 @@ def test_hparams_for_keeps_alphaedit_and_memit_and_adds_method_defaults():
 
     for preset in PRESETS:
         assert hparams_for(preset, "alphaedit") == PRESETS[preset]
-        assert hparams_for(preset, "memit") == PRESETS[preset]
-        assert hparams_for(preset, "memit", l2=3.0) == PRESETS[preset].replace(l2=3.0)
+        memit = PRESETS[preset].replace(mom2_update_weight=100.0) if preset == "toy" else PRESETS[preset]
+        assert hparams_for(preset, "memit") == memit  # the toy preset calibrates MEMIT's λ
+        assert hparams_for(preset, "memit", l2=3.0) == memit.replace(l2=3.0)
     assert hparams_for("gpt2-xl", "rome").layers == (17,)
     assert hparams_for("gpt-j", "rome+proj").layers == (5,)
     assert hparams_for("llama3-8b", "rome").layers == (5,)
