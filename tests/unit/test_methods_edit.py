@@ -217,7 +217,7 @@ def test_every_method_raises_target_probability(tok, model_type):
     failures = {}
     for method in FAMILY_METHODS:
         model = copy.deepcopy(base)
-        hp = hp_for(method)
+        hp = hp_for(method).replace(v_num_grad_steps=10)
         Editor(model, tok, hp, method, stats={layer: stats[layer] for layer in hp.layers},
                projectors={layer: projectors[layer] for layer in hp.layers}, templates=TEMPLATES).edit(reqs)
         after = score_targets(model, tok, [r.rewrite_prompt for r in reqs], [r.target_new for r in reqs]).nll

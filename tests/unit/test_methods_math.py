@@ -74,6 +74,8 @@ def test_hparams_for_keeps_alphaedit_and_memit_and_adds_method_defaults():
         memit = PRESETS[preset].replace(mom2_update_weight=100.0) if preset == "toy" else PRESETS[preset]
         assert hparams_for(preset, "memit") == memit  # the toy preset calibrates MEMIT's λ
         assert hparams_for(preset, "memit", l2=3.0) == memit.replace(l2=3.0)
+        for wrapper in ("prune", "rect", "prune+proj", "rect+proj"):  # they wrap MEMIT (AlphaEdit with P)
+            assert hparams_for(preset, wrapper) == memit
     assert hparams_for("gpt2-xl", "rome").layers == (17,)
     assert hparams_for("gpt-j", "rome+proj").layers == (5,)
     assert hparams_for("llama3-8b", "rome").layers == (5,)
