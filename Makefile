@@ -1,5 +1,5 @@
 # Quickstart targets (see README). Everything runs inside a project-local virtual environment.
-#   make demo   set up, then run the main job on the embedded toy world
+#   make demo   set up, then run the main job (jobs/sweep.py, the toy-world demo) on a local Ray
 #   make test   set up, then run the default test tiers (unit + integration)
 # On a GPU machine, install with `make setup CONSTRAINTS=` to keep your own torch build.
 
@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint toyworld browser
+.PHONY: setup demo check-toyworld test test-all lint toyworld browser
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 setup: $(STAMP)
 
 demo: setup
+	$(PY) jobs/sweep.py
+
+check-toyworld: setup
 	$(PY) -m eval.toyworld check
 
 test: setup

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(total=batches, desc="edit batches", unit="batch")
 
         def progress(msg: str) -> None:
-            if msg.endswith("edits"):
+            if msg.endswith(" edits") and "evaluated" not in msg:  # one edit batch done
                 bar.update(1)
             bar.set_postfix_str(msg[-60:], refresh=False)
 
