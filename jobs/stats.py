@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,19 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/stats.py` from any directory
     sys.path.insert(0, str(REPO))
 
-from cluster.config import DEFAULT_CONFIG_PATH, RunCell, SweepConfig, SweepConfigError, load_config  # noqa: E402
+from cluster.config import RunCell, SweepConfig, SweepConfigError, load_config  # noqa: E402
 
 log = logging.getLogger("jobs.stats")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="sweep YAML (default: the toy-world demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set stats_shards=8")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-    return p.parse_args(argv)
+    from jobs.sweep import config_parser
+
+    return config_parser(__doc__).parse_args(argv)
 
 
 def stats_cells(cfg: SweepConfig) -> list[RunCell]:
@@ -49,10 +44,6 @@ def stats_cells(cfg: SweepConfig) -> list[RunCell]:
             seen.add(spec)
             out.append(cell)
     return out
-
-
-def resolve(path: str) -> str:
-    return path if "://" in path or Path(path).is_absolute() else str(REPO / path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,14 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cluster.pipeline import ResourceError, key_statistics, start_writer
+    from jobs.sweep import init_ray, resolve
     from storage.artifacts import ArtifactStore
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(args.address, args.num_cpus)
     results = resolve(cfg.results)
     if "://" not in results:
         Path(results).parent.mkdir(parents=True, exist_ok=True)

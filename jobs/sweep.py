@@ -38,14 +38,34 @@ from cluster.config import SweepConfigError, load_config  # noqa: E402
 log = logging.getLogger("jobs.sweep")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def config_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every config-driven job shares (sweep, stats): config, overrides, Ray address."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: the toy-world demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set eval_every=100 --set models.0.num_gpus=1")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray; 'local' "
                    "always starts a new local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    return p
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local Ray ('local': always a new one)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address == "local":  # a new local instance even when another Ray runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    elif address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = config_parser(__doc__)
     p.add_argument("--rerun", choices=["resume", "replace"], default="resume",
                    help="runs already in the database: resume/skip them (default) or replace them")
     p.add_argument("--resume", metavar="SWEEP_ID", default=None,
@@ -90,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep, start_writer
     from storage.artifacts import ArtifactStore
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address == "local":  # a new local instance even when another Ray runs on this machine
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    elif address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(args.address, args.num_cpus)
     ex = RayExecutor()
     t0 = time.time()
     results = resolve(cfg.results)
