@@ -252,6 +252,28 @@ class Backend(Protocol):
     def remove_tree(self, rel: str) -> None: ...
 
 
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Write ``final`` whole or not at all: temp file beside it, fsync, ``os.replace``, fsync the folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - some file systems do not fsync directories
+        pass
+
+
 class LocalBackend:
     """Local (or network-mounted) file system: temp file, fsync, ``os.replace``."""
 
@@ -268,25 +290,7 @@ class LocalBackend:
         return self._p(rel).read_bytes()
 
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
-        final = self._p(rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:  # make the rename itself durable
-            fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # pragma: no cover - some file systems do not fsync directories
-            pass
+        write_bytes_atomic(self._p(rel), data)
 
     def exists(self, rel: str) -> bool:
         return self._p(rel).exists()

@@ -6,8 +6,9 @@ import logging
 import os
 import re
 import shlex
-import uuid
 from pathlib import Path
+
+from storage.artifacts import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,9 @@ def write_report(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / INDEX_NAME
-    _write_atomic(final, page.encode("utf-8"))
+    write_bytes_atomic(final, page.encode("utf-8"))
     log.info("wrote report of %s (sweep %s) to %s", db_path, sweep_id or "all", final)
     return final
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def default_out_dir(db_path: str | os.PathLike[str], sweep_id: str | None) -> Path:
