@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -140,8 +140,9 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         ) from exc
 
 
-def n_layers(model: nn.Module, spec: ModelSpec) -> int:
-    cfg = model.config
+def n_layers(model: nn.Module | Any, spec: ModelSpec) -> int:
+    """Number of blocks, from a model or from its (HF) config."""
+    cfg = getattr(model, "config", model)
     for attr in (spec.n_layers_attr, "num_hidden_layers", "n_layer"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int):

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from alphaedit.models import UnknownModelTypeError, spec_for
+from alphaedit.models import UnknownModelTypeError, n_layers, spec_for
 from cluster.config import ModelConfig, SweepConfig, SweepConfigError
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,6 @@ def _model_config(model: ModelConfig) -> Any:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(model.resolve(model.path))
-
-
-def _n_layers(hf_config: Any) -> int | None:
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(hf_config, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def model_problems(index: int, model: ModelConfig, cfg: SweepConfig) -> list[str]:
@@ -45,23 +37,26 @@ def model_problems(index: int, model: ModelConfig, cfg: SweepConfig) -> list[str
                 "local Hugging Face folder, or an id already in the local HF cache (the hub is not reachable "
                 "offline)."]
     try:
-        spec_for(hf_config.model_type)
+        spec = spec_for(hf_config.model_type)
     except UnknownModelTypeError as exc:
         return [f"{where}: {exc.args[0]}"]
-    n_layers = _n_layers(hf_config)
+    try:
+        depth: int | None = n_layers(hf_config, spec)
+    except LookupError:
+        depth = None  # the config names no layer count: ranges cannot be checked here
     problems = []
     seen: set[tuple[int, ...]] = set()
     for cell in cfg.cells():
         if cell.model.name != model.name:
             continue
         layers = cell.hparams().layers
-        if layers in seen or n_layers is None:
+        if layers in seen or depth is None:
             continue
         seen.add(layers)
-        bad = [layer for layer in layers if not 0 <= layer < n_layers]
+        bad = [layer for layer in layers if not 0 <= layer < depth]
         if bad:
-            problems.append(f"{where}: edited layer(s) {bad} out of range; the model has {n_layers} layers "
-                            f"(0..{n_layers - 1}). Fix the preset {model.preset!r} or hparams_overrides' layers.")
+            problems.append(f"{where}: edited layer(s) {bad} out of range; the model has {depth} layers "
+                            f"(0..{depth - 1}). Fix the preset {model.preset!r} or hparams_overrides' layers.")
     return problems
 
 
