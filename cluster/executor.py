@@ -149,9 +149,9 @@ class LocalExecutor:
     def put(self, value: Any) -> LocalRef:
         return LocalRef(value)
 
-    def task(self, fn: Callable[..., Any], **options: Any) -> Callable[..., LocalRef]:
-        def submit(*args: Any, **kwargs: Any) -> LocalRef:
-            return self._run(fn, args, kwargs)
+    def task(self, fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        def submit(*args: Any, **kwargs: Any) -> Any:
+            return self._split(self._run(fn, args, kwargs), int(options.get("num_returns", 1)))
 
         return submit
 

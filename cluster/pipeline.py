@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from alphaedit import spec_for
+from alphaedit import method_spec, spec_for
 from alphaedit.editor import check_finite
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.executor import Executor, RayExecutor
@@ -46,10 +46,11 @@ from cluster.workers import (
     describe_failure,
     evaluate_checkpoint,
     merge_shards,
+    null_space_projectors,
     stats_shard,
 )
 from storage import names
-from storage.artifacts import ArtifactCorruptError, ArtifactStore, KeyStatsKey
+from storage.artifacts import ArtifactCorruptError, ArtifactStore, KeyStatsKey, ProjectorKey
 from storage.hashing import config_hash
 from storage.writer import ResultWriter, RunDecision, RunSpec
 
@@ -119,6 +120,29 @@ def stats_keys(model: ModelConfig, cell: RunCell, module_names: dict[int, str], 
     }
 
 
+def cell_stats_keys(model: ModelConfig, cell: RunCell) -> dict[int, KeyStatsKey]:
+    """The artifact keys of the key statistics ``cell`` needs, one per edited layer."""
+    from transformers import AutoConfig
+
+    hp = cell.hparams()
+    cfg = AutoConfig.from_pretrained(model.resolve(model.path))
+    spec = spec_for(cfg.model_type)
+    module_names = {layer: spec.mlp_out_name(layer) for layer in hp.layers}
+    budget = None
+    if hp.key_budget_multiplier is not None:
+        # FastMEMIT: multiplier x d_k keys (d_k = MLP intermediate width, from the config).
+        d_k = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size
+        budget = int(hp.key_budget_multiplier * d_k)
+    return stats_keys(model, cell, module_names, corpus_spec(model, hp.mom2_n_samples).key(), budget)
+
+
+def projector_keys(cell: RunCell, stats: dict[int, KeyStatsKey]) -> dict[int, ProjectorKey]:
+    """The artifact keys of ``cell``'s null-space projectors (eigh in float64, as the library does)."""
+    hp = cell.hparams()
+    return {layer: ProjectorKey(stats=key, threshold=hp.nullspace_threshold, dtype="float64", mode=hp.threshold_mode)
+            for layer, key in stats.items()}
+
+
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
                    writer: Any, executor: Executor | None = None) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
     """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams: from the store, or computed by tasks over shards.
@@ -127,20 +151,10 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
     :class:`alphaedit.editor.NonFiniteError` when the statistics hold NaN/Inf.
     Returns (stats, seconds, computed).
     """
-    from transformers import AutoConfig
-
     ex = executor or RayExecutor()
     hp = cell.hparams()
-    cfg = AutoConfig.from_pretrained(model.resolve(model.path))
-    spec = spec_for(cfg.model_type)
-    module_names = {layer: spec.mlp_out_name(layer) for layer in hp.layers}
     corpus = corpus_spec(model, hp.mom2_n_samples)
-    budget = None
-    if hp.key_budget_multiplier is not None:
-        # FastMEMIT: multiplier x d_k keys (d_k = MLP intermediate width, from the config).
-        d_k = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size
-        budget = int(hp.key_budget_multiplier * d_k)
-    keys = stats_keys(model, cell, module_names, corpus.key(), budget)
+    keys = cell_stats_keys(model, cell)
     t0 = time.perf_counter()
     stored = _stored_stats(store, keys)
     if stored is not None:
@@ -289,28 +303,70 @@ class ModelRun:
     eval_task: Callable[..., Any] | None = None
     editor: Any = None
     editors_started: int = 0
-    stats_ref: Any = None
+    stats_refs: dict[tuple[int, ...], Any] = field(default_factory=dict)
     stats_id: tuple[int, ...] | None = None
+    projector_refs: dict[tuple[str, ...], tuple[Any, tuple[float, str]]] = field(default_factory=dict)
+    projector_id: tuple[str, ...] | None = None
+    projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
     unedited: dict[tuple[str, int, int], Any] = field(default_factory=dict)
 
     def get(self, ref: Any) -> Any:
         return self.ex.get(ref, timeout=GET_TIMEOUT_S)
 
-    def editor_for(self, stats: dict[int, tuple[np.ndarray, int]]) -> Any:
-        """The model's editor actor (a new one when the statistics' layers change or the last one died)."""
+    def stats_ref(self, stats: dict[int, tuple[np.ndarray, int]]) -> Any:
+        """``stats`` in the object store, put once per set of layers."""
         key = tuple(sorted(stats))
-        if self.editor is None or self.stats_id != key:
+        if key not in self.stats_refs:
+            self.stats_refs[key] = self.ex.put(stats)
+        return self.stats_refs[key]
+
+    def projectors(self, cell: RunCell, stats: dict[int, tuple[np.ndarray, int]],
+                   run_id: str) -> tuple[tuple[str, ...] | None, list[dict[str, Any]]]:
+        """(projector id, timing rows) of ``cell``: its null-space projectors, from the artifact store or
+        computed by one task (on the model's resources) and stored, then held in the object store for
+        the editor actors. (None, []) when the cell's method does not use the projection."""
+        if not method_spec(cell.method).needs_projector:
+            return None, []
+        keys = projector_keys(cell, cell_stats_keys(self.model, cell))
+        pid = tuple(keys[layer].digest() for layer in sorted(keys))
+        if pid in self.projector_refs:
+            return pid, []
+        hp = cell.hparams()
+        task = self.ex.task(null_space_projectors, num_cpus=self.model.num_cpus, num_gpus=self.model.num_gpus,
+                            max_retries=3, retry_exceptions=False, num_returns=2)
+        p_ref, info_ref = task(self.stats_ref(stats), keys, hp.to_dict(), self.store.root, self.model.num_gpus)
+        info = self.get(info_ref)
+        self.projector_refs[pid] = (p_ref, (hp.nullspace_threshold, hp.threshold_mode))
+        self.projector_info[pid] = info
+        logger.info("%s: null-space projectors (threshold %g, %s) of layers %s: %s in %.1f s; rank/d_k %s",
+                    self.model.name, hp.nullspace_threshold, hp.threshold_mode, sorted(keys),
+                    f"computed {info['computed']}" if info["computed"] else "from the artifact store",
+                    info["seconds"], {layer: round(k, 4) for layer, k in info["kept"].items()})
+        if not info["computed"]:
+            return pid, []
+        self.get(self.ex.call(self.writer, "record_artifacts", info["records"]))
+        return pid, [_timing(run_id, names.STAGE_PROJECTOR, info["seconds"], len(info["computed"]))]
+
+    def editor_for(self, stats: dict[int, tuple[np.ndarray, int]], projector_id: tuple[str, ...] | None = None) -> Any:
+        """The model's editor actor: a new one when the statistics' layers change, when the cell needs
+        projectors other than the actor's, or when the last one died."""
+        key = tuple(sorted(stats))
+        stale = projector_id is not None and projector_id != self.projector_id
+        if self.editor is None or self.stats_id != key or stale:
+            if self.editor is not None:
+                self.ex.kill(self.editor, no_restart=True)
             m = self.model
-            # Held here: a restarted actor's __init__ gets its arguments again, so the driver must
-            # keep the statistics' object alive for as long as the actor may restart.
-            self.stats_ref = self.ex.put(stats)
+            # The references are held here: a restarted actor's __init__ gets its arguments again, so the
+            # driver keeps the statistics' and projectors' objects alive as long as the actor may restart.
+            p_ref, params = self.projector_refs[projector_id] if projector_id is not None else (None, None)
             self.editor = self.ex.actor(
-                EditorWorker, m.resolve(m.path), self.stats_ref, m.num_gpus, "float32", self.store.root,
+                EditorWorker, m.resolve(m.path), self.stats_ref(stats), m.num_gpus, "float32", self.store.root,
+                p_ref, params,
                 num_cpus=m.num_cpus, num_gpus=m.num_gpus, max_restarts=self.cfg.editor_max_restarts,
                 max_task_retries=0, name=editor_actor_name(self.sweep_id, m.name, self.editors_started),
             )
             self.editors_started += 1
-            self.stats_id = key
+            self.stats_id, self.projector_id = key, projector_id
         return self.editor
 
     def evaluated_points(self, run_id: str) -> set[int]:
@@ -352,12 +408,15 @@ class CellRun:
             stats, stats_s, computed = key_statistics(mr.model, self.cell, mr.store, mr.cfg.stats_shards, mr.writer, ex)
             if computed:
                 self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats_s)])
+            projector_id, rows = mr.projectors(self.cell, stats, self.run_id)
+            if rows:
+                self.write(timings=rows)
             self.data = cell_data(self.cell)
             mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.RUNNING))
             restarts = 0
             deadline = time.monotonic() + RESTART_WAIT_S
             while True:
-                editor = mr.editor_for(stats)
+                editor = mr.editor_for(stats, projector_id)
                 try:
                     self.attempt(editor)
                     break

@@ -23,6 +23,8 @@ from alphaedit import (
     SecondMoment,
     kept_fraction,
     merge_stats,
+    method_spec,
+    projectors_from_stats,
     requests_from_counterfact,
     spec_for,
 )
@@ -35,11 +37,13 @@ from storage.artifacts import (
     ArtifactStore,
     CheckpointKey,
     Codec,
+    ProjectorKey,
 )
 
 logger = logging.getLogger(__name__)
 
 StatsArrays = dict[int, tuple[np.ndarray, int]]  # layer -> (Σ k kᵀ float64, key count)
+ProjectorArrays = dict[int, np.ndarray]  # layer -> null-space projector P (d_k, d_k) float32
 
 
 def pick_device(num_gpus: float) -> torch.device:
@@ -89,6 +93,45 @@ def merge_shards(shards: Sequence[StatsArrays]) -> dict[int, SecondMoment]:
     )
     check_finite({f"layer {layer} sum_kkT": acc.sum_kkT for layer, acc in merged.items()}, "key statistics")
     return merged
+
+
+# --- null-space projectors ---------------------------------------------------------------------
+
+def null_space_projectors(stats: StatsArrays, keys: Mapping[int, ProjectorKey], hparams: Mapping[str, Any],
+                          store_root: str, num_gpus: float = 0.0) -> tuple[ProjectorArrays, dict[str, Any]]:
+    """P of every layer in ``keys``: read from the artifact store, or computed from ``stats`` and stored.
+
+    The computation is :func:`alphaedit.projectors_from_stats` (eigh in float64 on this worker's
+    device, P in float32), the same as the editor's own, so a cached P is bit-identical to a fresh
+    one. A corrupt stored P is deleted and recomputed. Returns (layer -> P, info) where info holds
+    ``computed`` (layers computed here), ``records`` (artifact rows of the stored ones), ``kept``
+    (rank / d_k per layer) and ``seconds``.
+    """
+    t0 = time.perf_counter()
+    hp = EditHparams.from_dict(dict(hparams))
+    for layer, key in keys.items():
+        if (key.threshold, key.mode) != (hp.nullspace_threshold, hp.threshold_mode):
+            raise ValueError(f"projector key of layer {layer} (threshold {key.threshold}, {key.mode}) does not match "
+                             f"the hparams ({hp.nullspace_threshold}, {hp.threshold_mode})")
+    store = ArtifactStore(store_root)
+    out: ProjectorArrays = {}
+    for layer, key in keys.items():
+        if not store.exists(key):
+            continue
+        try:
+            out[layer] = store.get(key)["P"]
+        except ArtifactCorruptError as e:
+            logger.warning("%s; deleting it and recomputing the projector", e)
+            store.delete(key)
+    missing = sorted(set(keys) - set(out))
+    records = []
+    if missing:
+        merged = merge_shards([{layer: stats[layer] for layer in missing}])
+        for layer, proj in projectors_from_stats(merged, hp, pick_device(num_gpus)).items():
+            out[layer] = proj.cpu().numpy()
+            records.append(store.put(keys[layer], {"P": out[layer]}).as_row())
+    kept = {layer: kept_fraction(torch.from_numpy(np.array(p))) for layer, p in sorted(out.items())}
+    return out, {"computed": missing, "records": records, "kept": kept, "seconds": time.perf_counter() - t0}
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -200,11 +243,19 @@ class EditorWorker:
     """
 
     def __init__(self, model_path: str, stats: Mapping[int, tuple[np.ndarray, int]], num_gpus: float = 0.0,
-                 dtype: str = "float32", store_root: str | None = None) -> None:
+                 dtype: str = "float32", store_root: str | None = None,
+                 projectors: Mapping[int, np.ndarray] | None = None,
+                 projector_params: tuple[float, str] | None = None) -> None:
+        """``projectors``: P per layer (from :func:`null_space_projectors`), made for the hparams'
+        ``(nullspace_threshold, threshold_mode)`` = ``projector_params``; cells with other values
+        (or without projectors here) compute their own from the statistics."""
         self.device = pick_device(num_gpus)
         self.model, self.tokenizer = load_model(model_path, self.device, dtype)
         self.spec = spec_for(self.model)
         self.stats = merge_shards([dict(stats)])
+        self.projectors = None if projectors is None else {
+            int(layer): torch.from_numpy(np.array(p, dtype=np.float32)).to(self.device) for layer, p in projectors.items()}
+        self.projector_params = None if projector_params is None else (float(projector_params[0]), projector_params[1])
         self.store_root = store_root
         self._base: dict[str, torch.Tensor] | None = None
         self.editor: Editor | None = None
@@ -242,7 +293,7 @@ class EditorWorker:
         t0 = time.perf_counter()
         loaded = self._newest_checkpoint(cell) if cell.resume else None
         state, extras, record = loaded if loaded is not None else (None, {}, None)
-        self.editor = Editor(self.model, self.tokenizer, hp, cell.method,
+        self.editor = Editor(self.model, self.tokenizer, hp, cell.method, projectors=self._projectors_for(hp, cell),
                              stats={layer: self.stats[layer] for layer in hp.layers}, spec=self.spec, state=state)
         if state is not None:
             # Exact edited weights (base + Δ in float32 can differ from them in the last bit).
@@ -262,6 +313,18 @@ class EditorWorker:
         if self.editor.projectors is not None:
             info["projector_kept"] = {int(layer): kept_fraction(p) for layer, p in self.editor.projectors.items()}
         return info
+
+    def _projectors_for(self, hp: EditHparams, cell: CellStart) -> dict[int, torch.Tensor] | None:
+        """The shipped projectors when the cell's method uses P and they were made for its hparams."""
+        if not method_spec(cell.method).needs_projector or self.projectors is None:
+            return None
+        if self.projector_params != (hp.nullspace_threshold, hp.threshold_mode) or not set(hp.layers) <= set(
+                self.projectors):
+            logger.warning("%s: the shipped projectors were made for %s, the cell asks for (%s, %s) on layers %s; "
+                           "computing its own", cell.run_id, self.projector_params, hp.nullspace_threshold,
+                           hp.threshold_mode, list(hp.layers))
+            return None
+        return {layer: self.projectors[layer] for layer in hp.layers}
 
     def _store(self) -> ArtifactStore:
         if self.store_root is None:

@@ -35,6 +35,7 @@ from alphaedit import (  # noqa: E402
     Editor,
     EditRequest,
     hparams_for,
+    method_spec,
     preservation_stats,
     projector_rank,
     projectors_from_stats,
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if stats_path is not None:
             save_stats(stats, stats_path, {"model": args.model, "corpus": args.corpus, "hparams": hp.digest()})
     stats_seconds = time.perf_counter() - t0
-    projectors = projectors_from_stats(stats, hp, device) if args.method == "alphaedit" else None
+    projectors = projectors_from_stats(stats, hp, device) if method_spec(args.method).needs_projector else None
     editor = Editor(model, tok, hp, args.method, spec=spec, stats=stats, projectors=projectors)
 
     pre = quick_metrics(model, tok, requests) if args.eval else None

@@ -1,4 +1,4 @@
-"""Precompute the key statistics E[k kᵀ] that a sweep config needs, on their own.
+"""Precompute the key statistics E[k kᵀ] (and null-space projectors) that a sweep config needs, on their own.
 
     python jobs/stats.py                                        # the toy-world demo's statistics
     python jobs/stats.py --config jobs/configs/gpt2-xl.yaml --set stats_shards=16
@@ -7,8 +7,10 @@
 For every model of the config and every distinct statistics spec of its run cells (edited layers,
 corpus, sample count, max length, key budget), the statistics come from the artifact store or are
 computed by Ray tasks over corpus shards (one forward pass per shard for all edited layers),
-merged exactly and stored, exactly as `jobs/sweep.py` does; a later sweep on the same artifact
-store computes nothing. Prints one line per model and spec: computed or cached, keys, seconds.
+merged exactly and stored, exactly as `jobs/sweep.py` does. Then the null-space projectors of the
+cells that use them (AlphaEdit and every "+proj" method; one per statistics spec, threshold and
+threshold mode) are computed by a task and stored. A later sweep on the same artifact store computes
+nothing. Prints one line per model and spec: computed or cached, keys (ranks), seconds.
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return config_parser(__doc__).parse_args(argv)
 
 
+def stats_spec(cell: RunCell) -> tuple:
+    """What the cell's key statistics depend on (beyond the model's files and corpus)."""
+    hp = cell.hparams()
+    return cell.model.name, hp.layers, hp.mom2_n_samples, hp.mom2_max_length, hp.key_budget_multiplier
+
+
 def stats_cells(cfg: SweepConfig) -> list[RunCell]:
     """One run cell per (model, distinct statistics spec): the cells whose statistics differ."""
     seen: set[tuple] = set()
     out = []
     for cell in cfg.cells():
-        hp = cell.hparams()
-        spec = (cell.model.name, hp.layers, hp.mom2_n_samples, hp.mom2_max_length, hp.key_budget_multiplier)
+        spec = stats_spec(cell)
         if spec not in seen:
             seen.add(spec)
             out.append(cell)
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from cluster.pipeline import ResourceError, key_statistics, start_writer
+    from cluster.executor import RayExecutor
+    from cluster.pipeline import ModelRun, ResourceError, key_statistics, start_writer
     from jobs.sweep import init_ray, resolve
     from storage.artifacts import ArtifactStore
 
@@ -71,13 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     writer = start_writer(results)  # records the artifacts it stores (the `artifacts` table)
     store = ArtifactStore(resolve(cfg.artifact_root))
     try:
+        by_spec = {}
         for cell in stats_cells(cfg):
             hp = cell.hparams()
             stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer)
+            by_spec[stats_spec(cell)] = stats
             keys = {layer: count for layer, (_, count) in sorted(stats.items())}
             print(f"{cell.model.name}: layers {list(hp.layers)} over {hp.mom2_n_samples} docs "
                   f"(max_length {hp.mom2_max_length}, key budget {hp.key_budget_multiplier}): "
                   f"{'computed' if computed else 'cached'} in {seconds:.1f} s; keys per layer {keys}")
+        # The null-space projectors of the cells that use them (AlphaEdit, every "+proj" method).
+        runs: dict[str, ModelRun] = {}
+        for cell in cfg.cells():
+            mr = runs.setdefault(cell.model.name, ModelRun(cfg, cell.model, "stats", writer, store, RayExecutor(),
+                                                            lambda msg: None))
+            before = set(mr.projector_refs)
+            pid, rows = mr.projectors(cell, by_spec[stats_spec(cell)], "")
+            if pid is None or pid in before:
+                continue
+            hp, info = cell.hparams(), mr.projector_info[pid]
+            print(f"{cell.model.name}: null-space projectors of layers {list(hp.layers)} (threshold "
+                  f"{hp.nullspace_threshold:g}, {hp.threshold_mode}): {'computed' if rows else 'cached'} in "
+                  f"{info['seconds']:.1f} s; rank/d_k per layer "
+                  f"{ {layer: round(k, 4) for layer, k in info['kept'].items()} }")
         print(f"artifact store: {store}")
         return 0
     except ResourceError as e:

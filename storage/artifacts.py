@@ -128,18 +128,23 @@ class KeyStatsKey(ArtifactKey):
 
 @dataclass(frozen=True)
 class ProjectorKey(ArtifactKey):
-    """Null-space projector P of one module: its statistics, eigenvalue threshold and eigh dtype."""
+    """Null-space projector P of one module: its statistics, eigenvalue threshold, threshold mode
+    ("absolute" or "relative", :func:`alphaedit.null_space_projector`) and eigh dtype."""
 
     kind: ClassVar[str] = names.ARTIFACT_PROJECTOR
+    key_version: ClassVar[int] = 2  # 2: the threshold mode is part of the key
     stats: KeyStatsKey
     threshold: float
     dtype: str
+    mode: str = "absolute"
 
     def __post_init__(self) -> None:
         if not isinstance(self.stats, KeyStatsKey):
             raise TypeError(f"ProjectorKey.stats must be a KeyStatsKey, got {type(self.stats).__name__}")
         if not self.threshold > 0:
             raise ValueError(f"ProjectorKey.threshold must be > 0, got {self.threshold!r}")
+        if self.mode not in ("absolute", "relative"):
+            raise ValueError(f"ProjectorKey.mode must be 'absolute' or 'relative', got {self.mode!r}")
         _require_str(self, "dtype")
 
 

@@ -22,8 +22,9 @@ def test_stats_job_computes_then_reuses(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(argv) == 0
     second = capsys.readouterr().out
     assert "cached" in second and "computed" not in second, second
-    # one artifact per edited layer (toy preset: layers 0, 1, 2), recorded once
+    assert second.count("null-space projectors") == 1 and "rank/d_k" in second, second
+    # statistics and AlphaEdit's projector per edited layer (toy preset: layers 0, 1, 2), recorded once
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind").fetchall()
-    assert rows == [("key_stats", 3)], rows
-    assert len(list((tmp_path / "artifacts").rglob("*.safetensors"))) == 3
+        rows = con.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind ORDER BY kind").fetchall()
+    assert rows == [("key_stats", 3), ("projector", 3)], rows
+    assert len(list((tmp_path / "artifacts").rglob("*.safetensors"))) == 6

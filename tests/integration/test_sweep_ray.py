@@ -62,6 +62,8 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
             out["finished"] = con.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone()[0]
             out["stats_artifacts"] = con.execute(
                 "SELECT count(*) FROM artifacts WHERE kind = 'key_stats'").fetchone()[0]
+            out["projector_artifacts"] = con.execute(
+                "SELECT count(*) FROM artifacts WHERE kind = 'projector'").fetchone()[0]
             out["dupes"] = con.execute(
                 "SELECT count(*) FROM (SELECT run_id, edits_done, dataset, metric FROM metrics "
                 "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
@@ -80,7 +82,9 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
     from alphaedit import preset
 
     assert c1["stats_artifacts"] == len(preset("toy").layers)  # key statistics of each edited layer, stored once
-    assert c1["artifacts"] == c1["stats_artifacts"] + 2 * 2  # + the kept editor checkpoints (10, 20 edits) per run
+    assert c1["projector_artifacts"] == len(preset("toy").layers)  # AlphaEdit's P per layer (MEMIT needs none)
+    # + the kept editor checkpoints (10, 20 edits) per run
+    assert c1["artifacts"] == c1["stats_artifacts"] + c1["projector_artifacts"] + 2 * 2
 
     again = _submit(address, env, *overrides)  # same sweep again: finished cells are skipped
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]

@@ -71,8 +71,11 @@ def test_local_sweep_writes_the_expected_rows_without_ray(local_sweep) -> None:
     stages = _q(ex, writer, "SELECT stage, count(*) AS n FROM timings GROUP BY 1")
     counts = dict(zip(stages["stage"].to_list(), stages["n"].to_list(), strict=True))
     assert counts["edit_batch"] == 4 and counts["checkpoint"] == 4 and counts["rewrite_eval"] == 6
+    assert counts["key_stats"] == 1 and counts["projector"] == 1  # computed once, by the first cell (alphaedit)
     kinds = _q(ex, writer, "SELECT kind, count(*) AS n FROM artifacts GROUP BY 1 ORDER BY 1")
-    assert kinds["kind"].to_list() == ["checkpoint", "key_stats"] and kinds["n"][0] == 4
+    layers = len(next(cfg.cells()).hparams().layers)
+    assert kinds["kind"].to_list() == ["checkpoint", "key_stats", "projector"]
+    assert kinds["n"].to_list() == [4, layers, layers]
     values = _q(ex, writer, "SELECT value FROM metrics WHERE metric = 'efficacy'")["value"].to_list()
     assert len(values) == 6 and all(0 <= v <= 100 for v in values)
 
@@ -102,12 +105,17 @@ def test_killed_editor_resumes_bit_identical(local_sweep) -> None:
         assert ex.calls["begin"] == 2, "the editor must have been begun again after the kill"
         rows = _q(ex, writer, "SELECT edits_done, metric, value FROM metrics ORDER BY ALL")
         attempts = _q(ex, writer, "SELECT attempts FROM runs")["attempts"].to_list()
+        # A second sweep on the same artifact store computes neither statistics nor projectors.
+        stages = set(_q(ex, writer, "SELECT DISTINCT stage FROM timings")["stage"].to_list())
+        kinds = _q(ex, writer, "SELECT DISTINCT kind FROM artifacts")["kind"].to_list()
     finally:
         ex.get(ex.call(writer, "close"))
     ref = _q(ex0, writer0, "SELECT edits_done, metric, value FROM metrics m JOIN runs r USING (run_id) "
                            "WHERE method = 'alphaedit' ORDER BY ALL")
     assert rows.equals(ref), "metrics after a resumed stream must equal the uninterrupted run's"
     assert attempts == [1]
+    assert not stages & {"key_stats", "projector"} and "edit_batch" in stages, stages
+    assert kinds == ["checkpoint"], kinds
 
     cell = next(c for c in one.cells())
     store = ArtifactStore(tmp / "artifacts")

@@ -52,6 +52,7 @@ def test_every_key_field_changes_the_digest():
     assert p.digest() != dataclasses.replace(p, threshold=2e-2).digest()
     assert p.digest() != dataclasses.replace(p, stats=dataclasses.replace(STATS, n_samples=1)).digest()
     assert p.digest() != dataclasses.replace(p, dtype="float32").digest()
+    assert p.digest() != dataclasses.replace(p, mode="relative").digest()
 
 
 def test_keys_reject_incomplete_values():
@@ -61,6 +62,8 @@ def test_keys_reject_incomplete_values():
         dataclasses.replace(STATS, n_samples=0)
     with pytest.raises(ValueError, match="threshold"):
         ProjectorKey(STATS, threshold=0.0, dtype="float64")
+    with pytest.raises(ValueError, match="mode"):
+        ProjectorKey(STATS, threshold=1e-2, dtype="float64", mode="percent")
     with pytest.raises(ValueError, match="edits_done"):
         CheckpointKey(run_id="r", config_hash="h", edits_done=-1)
 
