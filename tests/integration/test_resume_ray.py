@@ -39,7 +39,8 @@ FAST = ["methods=[alphaedit]", "n_edits=[30]", "batch_sizes=[10]", "eval_every=2
         "stats_shards=1", "hparams_overrides=[{mom2_n_samples: 100, v_num_grad_steps: 5}]"]
 METRICS = "SELECT edits_done, dataset, metric, value, n_cases FROM metrics ORDER BY ALL"
 PROBES = "SELECT edits_done, task, metric, value FROM probes ORDER BY ALL"
-TIMINGS = "SELECT stage, step FROM timings WHERE stage <> 'key_stats' ORDER BY ALL"  # stats: computed once
+TIMINGS = ("SELECT stage, step FROM timings WHERE stage NOT IN ('key_stats', 'projector') "  # computed once
+           "ORDER BY ALL")
 
 
 def _config(tmp: Path, db: str) -> tuple[list[str], SweepConfig]:
