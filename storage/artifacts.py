@@ -141,8 +141,8 @@ class ProjectorKey(ArtifactKey):
     def __post_init__(self) -> None:
         if not isinstance(self.stats, KeyStatsKey):
             raise TypeError(f"ProjectorKey.stats must be a KeyStatsKey, got {type(self.stats).__name__}")
-        if not self.threshold > 0:
-            raise ValueError(f"ProjectorKey.threshold must be > 0, got {self.threshold!r}")
+        if not self.threshold >= 0:  # 0 is valid: an empty null space (P = 0), used to test the nightly check
+            raise ValueError(f"ProjectorKey.threshold must be >= 0, got {self.threshold!r}")
         if self.mode not in ("absolute", "relative"):
             raise ValueError(f"ProjectorKey.mode must be 'absolute' or 'relative', got {self.mode!r}")
         _require_str(self, "dtype")

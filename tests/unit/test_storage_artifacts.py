@@ -61,7 +61,7 @@ def test_keys_reject_incomplete_values():
     with pytest.raises(ValueError, match="n_samples"):
         dataclasses.replace(STATS, n_samples=0)
     with pytest.raises(ValueError, match="threshold"):
-        ProjectorKey(STATS, threshold=0.0, dtype="float64")
+        ProjectorKey(STATS, threshold=-1e-2, dtype="float64")
     with pytest.raises(ValueError, match="mode"):
         ProjectorKey(STATS, threshold=1e-2, dtype="float64", mode="percent")
     with pytest.raises(ValueError, match="edits_done"):
