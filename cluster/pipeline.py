@@ -144,9 +144,11 @@ def projector_keys(cell: RunCell, stats: dict[int, KeyStatsKey]) -> dict[int, Pr
 
 
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
-                   writer: Any, executor: Executor | None = None) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
+                   writer: Any, executor: Executor | None = None, keys: dict[int, KeyStatsKey] | None = None
+                   ) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
     """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams: from the store, or computed by tasks over shards.
 
+    ``keys``: the cell's :func:`cell_stats_keys` when the caller has them (they hash local weights).
     A corrupt stored statistic is logged, deleted and recomputed. Raises
     :class:`alphaedit.editor.NonFiniteError` when the statistics hold NaN/Inf.
     Returns (stats, seconds, computed).
@@ -154,7 +156,7 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
     ex = executor or RayExecutor()
     hp = cell.hparams()
     corpus = corpus_spec(model, hp.mom2_n_samples)
-    keys = cell_stats_keys(model, cell)
+    keys = keys if keys is not None else cell_stats_keys(model, cell)
     t0 = time.perf_counter()
     stored = _stored_stats(store, keys)
     if stored is not None:
@@ -320,14 +322,15 @@ class ModelRun:
             self.stats_refs[key] = self.ex.put(stats)
         return self.stats_refs[key]
 
-    def projectors(self, cell: RunCell, stats: dict[int, tuple[np.ndarray, int]],
+    def projectors(self, cell: RunCell, stats: dict[int, tuple[np.ndarray, int]], stats_keys: dict[int, KeyStatsKey],
                    run_id: str) -> tuple[tuple[str, ...] | None, list[dict[str, Any]]]:
-        """(projector id, timing rows) of ``cell``: its null-space projectors, from the artifact store or
-        computed by one task (on the model's resources) and stored, then held in the object store for
-        the editor actors. (None, []) when the cell's method does not use the projection."""
+        """(projector id, timing rows) of ``cell``: its null-space projectors (of the statistics ``stats``
+        stored under ``stats_keys``), from the artifact store or computed by one task (on the model's
+        resources) and stored, then held in the object store for the editor actors. (None, []) when the
+        cell's method does not use the projection."""
         if not method_spec(cell.method).needs_projector:
             return None, []
-        keys = projector_keys(cell, cell_stats_keys(self.model, cell))
+        keys = projector_keys(cell, stats_keys)
         pid = tuple(keys[layer].digest() for layer in sorted(keys))
         if pid in self.projector_refs:
             return pid, []
@@ -405,10 +408,12 @@ class CellRun:
         try:
             if self.resume:
                 self.written = mr.evaluated_points(self.run_id)
-            stats, stats_s, computed = key_statistics(mr.model, self.cell, mr.store, mr.cfg.stats_shards, mr.writer, ex)
+            keys = cell_stats_keys(mr.model, self.cell)
+            stats, stats_s, computed = key_statistics(mr.model, self.cell, mr.store, mr.cfg.stats_shards, mr.writer,
+                                                      ex, keys)
             if computed:
                 self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats_s)])
-            projector_id, rows = mr.projectors(self.cell, stats, self.run_id)
+            projector_id, rows = mr.projectors(self.cell, stats, keys, self.run_id)
             if rows:
                 self.write(timings=rows)
             self.data = cell_data(self.cell)

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cluster.executor import RayExecutor
-    from cluster.pipeline import ModelRun, ResourceError, key_statistics, start_writer
+    from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys, key_statistics, start_writer
     from jobs.sweep import init_ray, resolve
     from storage.artifacts import ArtifactStore
 
@@ -82,19 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         by_spec = {}
         for cell in stats_cells(cfg):
             hp = cell.hparams()
-            stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer)
-            by_spec[stats_spec(cell)] = stats
-            keys = {layer: count for layer, (_, count) in sorted(stats.items())}
+            keys = cell_stats_keys(cell.model, cell)
+            stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer, keys=keys)
+            by_spec[stats_spec(cell)] = stats, keys
+            counts = {layer: count for layer, (_, count) in sorted(stats.items())}
             print(f"{cell.model.name}: layers {list(hp.layers)} over {hp.mom2_n_samples} docs "
                   f"(max_length {hp.mom2_max_length}, key budget {hp.key_budget_multiplier}): "
-                  f"{'computed' if computed else 'cached'} in {seconds:.1f} s; keys per layer {keys}")
+                  f"{'computed' if computed else 'cached'} in {seconds:.1f} s; keys per layer {counts}")
         # The null-space projectors of the cells that use them (AlphaEdit, every "+proj" method).
         runs: dict[str, ModelRun] = {}
         for cell in cfg.cells():
             mr = runs.setdefault(cell.model.name, ModelRun(cfg, cell.model, "stats", writer, store, RayExecutor(),
                                                             lambda msg: None))
             before = set(mr.projector_refs)
-            pid, rows = mr.projectors(cell, by_spec[stats_spec(cell)], "")
+            pid, rows = mr.projectors(cell, *by_spec[stats_spec(cell)], "")
             if pid is None or pid in before:
                 continue
             hp, info = cell.hparams(), mr.projector_info[pid]
