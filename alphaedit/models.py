@@ -188,3 +188,32 @@ def to_weight_layout(delta: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 def from_weight_layout(weight: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """A stored weight (or weight delta) -> the math orientation (d_model x d_k)."""
     return weight if spec.weight_layout == "out_in" else weight.T
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when visible, else CPU; any other name (``"cpu"``, ``"cuda:1"``) as given."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(path: str, device: str | torch.device = "auto", dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF id or local folder, on ``device``, in eval mode.
+
+    The one loader of the project (editor actors, statistics tasks, the single-process jobs). A
+    tokenizer without a pad token (GPT-2's) gets its EOS token as pad, as the reference code does;
+    padded positions are always masked out, so the choice does not change a result.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use a torch dtype name such as float32, bfloat16 or float16")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model.to(resolve_device(device)).eval(), tok

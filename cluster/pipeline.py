@@ -25,6 +25,7 @@ in-process twin (:class:`LocalExecutor`, for unit tests), on the same code path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -92,17 +93,30 @@ def corpus_spec(model: ModelConfig, n_docs: int):
 
 
 def model_revision(model: ModelConfig) -> str:
-    """``model.revision``, or for ``local``: a sha256 over the local folder's config and weight files."""
-    import hashlib
+    """``model.revision``, or for ``local``: a sha256 over the local folder's config and weight files.
+
+    The hash is computed once per folder state (file names, sizes and modification times): a sweep
+    asks for it once per cell, and multi-GB weights would otherwise be read again each time.
+    """
     from pathlib import Path
 
     path = Path(model.resolve(model.path))
     if model.revision != "local" or not path.is_dir():
         return model.revision
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
+    state = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _folder_sha256(str(path), state)
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_sha256(path: str, state: tuple[tuple[str, int, int], ...]) -> str:
+    import hashlib
+    from pathlib import Path
+
     h = hashlib.sha256()
-    for f in sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin")):
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
+    for name, _, _ in state:
+        h.update(name.encode())
+        with (Path(path) / name).open("rb") as fh:
             for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                 h.update(block)
     return "sha256:" + h.hexdigest()

@@ -29,6 +29,7 @@ from alphaedit import (
     spec_for,
 )
 from alphaedit.editor import NonFiniteError, check_finite
+from alphaedit.models import load_model
 from alphaedit.state import EditState, restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
 from storage.artifacts import (
@@ -53,17 +54,6 @@ def pick_device(num_gpus: float) -> torch.device:
     if num_gpus > 0:
         logger.warning("worker was given %.2f GPU but CUDA is not available; running on CPU", num_gpus)
     return torch.device("cpu")
-
-
-def load_model(path: str, device: torch.device, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF id or local path, on ``device``, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, tok
 
 
 # --- key statistics ---------------------------------------------------------------------------

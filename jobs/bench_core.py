@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from alphaedit import compute_key_stats, compute_targets, preset, requests_from_counterfact, spec_for  # noqa: E402
-from alphaedit.models import n_layers  # noqa: E402
+from alphaedit.models import load_model, n_layers, resolve_device  # noqa: E402
 from alphaedit.templates import sample_context_templates  # noqa: E402
 
 TOY_DIR = REPO / "eval" / "toyworld" / "artifacts"
@@ -51,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
+    device = resolve_device(args.device)
+    model, tok = load_model(args.model, device)
     spec = spec_for(model)
     hp = preset(args.preset)
     texts = []

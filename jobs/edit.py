@@ -43,6 +43,7 @@ from alphaedit import (  # noqa: E402
     score_targets,
     spec_for,
 )
+from alphaedit.models import load_model, resolve_device  # noqa: E402
 from alphaedit.stats import load_stats, save_stats  # noqa: E402
 
 TOY_DIR = REPO / "eval" / "toyworld" / "artifacts"
@@ -69,12 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval", action="store_true", help="also write quick rewrite metrics (metrics.json)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def read_corpus(path: Path):
@@ -139,15 +134,11 @@ def quick_metrics(model, tok, requests: list[EditRequest]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = resolve_device(args.device)
-    dtype = getattr(torch, args.dtype)
     if not Path(args.model).exists() and args.model == str(TOY_DIR / "model"):
         raise SystemExit(f"toy world model not found at {args.model}; build it with `make toyworld`")
-    log.info("device %s, dtype %s, model %s", device, dtype, args.model)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    log.info("device %s, dtype %s, model %s", device, args.dtype, args.model)
+    model, tok = load_model(args.model, device, args.dtype)
     spec = spec_for(model)
     preset_name, hp = resolve_hparams(args, model)
     log.info("hparams preset %s: %s", preset_name, hp)

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python jobs/evaluate.py` from any directory
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
 
+from alphaedit.models import load_model, resolve_device  # noqa: E402
 from eval import datasets as ds  # noqa: E402
 from eval.edited import edited_weights, read_checkpoint  # noqa: E402
 from eval.probes import TOY_TASKS, run_probes  # noqa: E402
@@ -108,16 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return convert_zsre(*args.zsre_to_counterfact)
     if not args.checkpoint:
         raise SystemExit("pass a checkpoint folder (see --help)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     t_start = time.perf_counter()
     ckpt = read_checkpoint(args.checkpoint)
     model_name = args.model or ckpt.run["model"]
     toy_model = is_toy(model_name)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    tok = AutoTokenizer.from_pretrained(model_name)
-    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=getattr(torch, ckpt.run.get("dtype", "float32")))
-    model = model.to(device).eval()
+    device = resolve_device(args.device)
+    model, tok = load_model(model_name, device, ckpt.run.get("dtype", "float32"))
     deltas = ckpt.deltas(device)
     dataset = names.DATASET_ZSRE if ckpt.is_zsre else names.DATASET_COUNTERFACT
     requests = ckpt.requests[: args.limit]
