@@ -79,6 +79,10 @@ class MetricConfig:
     generation_records: int = 20  # fluency/consistency on this many records (generation is slow)
 
 
+#: SweepConfig fields that say where results go or name the sweep; they are not part of its hash.
+LOCATION_FIELDS: tuple[str, ...] = ("sweep_id", "results", "artifact_root")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     models: tuple[ModelConfig, ...]
@@ -103,7 +107,12 @@ class SweepConfig:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.to_dict())
+        """Hash of what the sweep computes, not of where it is stored: moving the results file or the
+        artifact store keeps the sweep id (``sweep-<hash[:10]>``), so a rerun still resumes."""
+        d = self.to_dict()
+        for key in LOCATION_FIELDS:
+            d.pop(key, None)
+        return config_hash(d)
 
     def cells(self) -> Iterator[RunCell]:
         """The grid: models x methods x batch sizes x n_edits x datasets x seeds x overrides."""

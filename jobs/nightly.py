@@ -34,7 +34,6 @@ if str(REPO) not in sys.path:  # `python jobs/nightly.py` from any directory
 
 from cluster.config import SweepConfig, SweepConfigError, load_config  # noqa: E402
 from storage import nightly as nl  # noqa: E402
-from storage.hashing import config_hash  # noqa: E402
 
 log = logging.getLogger("jobs.nightly")
 
@@ -73,10 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def nightly_config_hash(cfg: SweepConfig) -> str:
     """Hash of what determines the nightly's numbers (not its sweep id or where results go)."""
-    d = cfg.to_dict()
-    for key in ("sweep_id", "results", "artifact_root"):
-        d.pop(key, None)
-    return config_hash(d)
+    return cfg.hash
 
 
 def run_sweep(args: argparse.Namespace, sweep_id: str) -> int:

@@ -55,6 +55,9 @@ def test_config_hash_changes_with_content() -> None:
     a = load_config(DEFAULT_CONFIG_PATH)
     b = load_config(DEFAULT_CONFIG_PATH, ["seeds=[1]"])
     assert a.hash == load_config(DEFAULT_CONFIG_PATH).hash and a.hash != b.hash
+    # where results and artifacts are stored is not content: the sweep id survives a move
+    moved = load_config(DEFAULT_CONFIG_PATH, ["results=/elsewhere/r.duckdb", "artifact_root=/elsewhere/art"])
+    assert moved.hash == a.hash and moved.results == "/elsewhere/r.duckdb"
 
 
 def test_grid_expands_all_axes() -> None:
