@@ -86,18 +86,27 @@ class EditState:
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {STATE_FORMAT!r}")
         tensors = load_file(str(folder / "state.safetensors"), device=str(device or "cpu"))
+        raw_path = folder / "raw_deltas.safetensors"
+        return cls._from_meta(
+            meta, prev_keys=tensors, deltas=load_deltas(folder / "deltas.safetensors"),
+            raw_deltas=load_deltas(raw_path) if raw_path.exists() else {},
+        )
+
+    @classmethod
+    def _from_meta(cls, meta: Mapping[str, Any], prev_keys: Mapping[str, torch.Tensor],
+                   deltas: dict[str, torch.Tensor], raw_deltas: dict[str, torch.Tensor]) -> EditState:
+        """The inverse of :meth:`_meta`; ``prev_keys`` holds ``prev_keys.<layer>`` for every layer."""
         layers = tuple(int(x) for x in meta["layers"])
         return cls(
             model_type=meta["model_type"],
             layers=layers,
             weight_names={int(k): v for k, v in meta["weight_names"].items()},
-            prev_keys={layer: tensors[f"prev_keys.{layer}"] for layer in layers},
-            deltas=load_deltas(folder / "deltas.safetensors"),
+            prev_keys={layer: prev_keys[f"prev_keys.{layer}"] for layer in layers},
+            deltas=deltas,
             n_edits=int(meta["n_edits"]),
             case_ids=list(meta["case_ids"]),
             extra=dict(meta.get("extra", {})),
-            raw_deltas=load_deltas(folder / "raw_deltas.safetensors") if (folder / "raw_deltas.safetensors").exists()
-            else {},
+            raw_deltas=raw_deltas,
         )
 
     def _meta(self) -> dict[str, Any]:
@@ -133,22 +142,15 @@ class EditState:
         if header.get("format") != CHECKPOINT_FORMAT or "state" not in header:
             raise ValueError(f"not an EditState checkpoint: header format {header.get('format')!r}, "
                              f"expected {CHECKPOINT_FORMAT!r} (written by EditState.to_bytes)")
-        meta = json.loads(header["state"])
         tensors = load_bytes(data)
-        layers = tuple(int(x) for x in meta["layers"])
-        state = cls(
-            model_type=meta["model_type"],
-            layers=layers,
-            weight_names={int(k): v for k, v in meta["weight_names"].items()},
-            prev_keys={layer: tensors[f"prev_keys.{layer}"].to(device or "cpu") for layer in layers},
-            deltas={k[len("delta."):]: v for k, v in tensors.items() if k.startswith("delta.")},
-            n_edits=int(meta["n_edits"]),
-            case_ids=list(meta["case_ids"]),
-            extra=dict(meta.get("extra", {})),
-            raw_deltas={k[len("raw_delta."):]: v for k, v in tensors.items() if k.startswith("raw_delta.")},
-        )
-        extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-        return state, extras
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        prev_keys = {k: v.to(device or "cpu") for k, v in tensors.items() if k.startswith("prev_keys.")}
+        state = cls._from_meta(json.loads(header["state"]), prev_keys=prev_keys, deltas=group("delta."),
+                               raw_deltas=group("raw_delta."))
+        return state, group("extra.")
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
