@@ -51,7 +51,7 @@ from cluster.workers import (
     stats_shard,
 )
 from storage import names
-from storage.artifacts import ArtifactCorruptError, ArtifactStore, KeyStatsKey, ProjectorKey
+from storage.artifacts import ArtifactStore, KeyStatsKey, ProjectorKey
 from storage.hashing import config_hash
 from storage.writer import ResultWriter, RunDecision, RunSpec
 
@@ -207,12 +207,10 @@ def _stored_stats(store: ArtifactStore, keys: dict[int, KeyStatsKey]) -> dict[in
         return None
     out = {}
     for layer, key in keys.items():
-        try:
-            arrays = store.get(key)
-        except ArtifactCorruptError as e:
-            logger.warning("%s; deleting it and recomputing the statistics", e)
-            store.delete(key)
+        got = store.get_valid(key)  # None: corrupt (deleted); the statistics are recomputed
+        if got is None:
             return None
+        arrays = got[0]
         out[layer] = (arrays["sum_kkT"], int(arrays["count"][0]))
     import torch
 

@@ -106,13 +106,9 @@ def null_space_projectors(stats: StatsArrays, keys: Mapping[int, ProjectorKey], 
     store = ArtifactStore(store_root)
     out: ProjectorArrays = {}
     for layer, key in keys.items():
-        if not store.exists(key):
-            continue
-        try:
-            out[layer] = store.get(key)["P"]
-        except ArtifactCorruptError as e:
-            logger.warning("%s; deleting it and recomputing the projector", e)
-            store.delete(key)
+        got = store.get_valid(key)  # None: not stored, or corrupt (then deleted)
+        if got is not None:
+            out[layer] = got[0]["P"]
     missing = sorted(set(keys) - set(out))
     records = []
     if missing:
@@ -198,27 +194,26 @@ class StoredDeltas:
         return {name: d.numpy() for name, d in state.deltas.items()}
 
 
-def _reports_to_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Batch reports as JSON data (checkpoint rows' ``created_at`` as ISO text)."""
+def _convert_checkpoint_time(reports: Sequence[Mapping[str, Any]], convert: Any) -> list[dict[str, Any]]:
+    """Copies of batch reports with ``convert`` applied to their checkpoint row's ``created_at``."""
     out = []
     for r in reports:
         r = dict(r)
         if r.get("checkpoint") is not None:
-            r["checkpoint"] = {**r["checkpoint"], "created_at": r["checkpoint"]["created_at"].isoformat()}
+            r["checkpoint"] = {**r["checkpoint"], "created_at": convert(r["checkpoint"]["created_at"])}
         out.append(r)
     return out
+
+
+def _reports_to_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Batch reports as JSON data (checkpoint rows' ``created_at`` as ISO text)."""
+    return _convert_checkpoint_time(reports, lambda t: t.isoformat())
 
 
 def _reports_from_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     from datetime import datetime
 
-    out = []
-    for r in reports:
-        r = dict(r)
-        if r.get("checkpoint") is not None:
-            r["checkpoint"] = {**r["checkpoint"], "created_at": datetime.fromisoformat(r["checkpoint"]["created_at"])}
-        out.append(r)
-    return out
+    return _convert_checkpoint_time(reports, datetime.fromisoformat)
 
 
 class EditorWorker:

@@ -443,17 +443,28 @@ class ArtifactStore:
         if it fails verification, :class:`ArtifactError` if it was stored in another format.
         """
         data, record = self.get_bytes(key)
-        if record.format != codec.name:
-            raise ArtifactError(
-                f"{key.kind} artifact at {record.path} is stored as {record.format!r}; "
-                f"read it with the {record.format!r} codec, not {codec.name!r}"
-            )
-        return codec.decode(data)
+        return self._decode(key, data, record, codec)
 
     def delete(self, key: ArtifactKey) -> None:
         """Remove ``key``'s artifact folder (no error if absent)."""
         self.backend.remove_tree(self.folder(key))
         log.info("deleted %s artifact %s", key.kind, key.digest()[:12])
+
+    def get_valid(self, key: ArtifactKey, codec: Codec[T] = ARRAYS) -> tuple[T, ArtifactRecord] | None:  # type: ignore[assignment]
+        """(value, record) stored under ``key``, or None when it is not stored or fails verification.
+
+        A corrupt artifact is logged as a warning and deleted, never returned (the caller
+        recomputes it). Raises :class:`ArtifactError` if it was stored in another format.
+        """
+        try:
+            data, record = self.get_bytes(key)
+        except ArtifactNotFoundError:
+            return None
+        except ArtifactCorruptError as e:
+            log.warning("%s; deleting it", e)
+            self.delete(key)
+            return None
+        return self._decode(key, data, record, codec), record
 
     def get_or_compute(
         self, key: ArtifactKey, compute: Callable[[], T], codec: Codec[T] = ARRAYS  # type: ignore[assignment]
@@ -461,23 +472,30 @@ class ArtifactStore:
         """The value under ``key``; if missing or corrupt, ``compute()`` it, store it and return it.
 
         A corrupt artifact is logged as a warning, deleted and recomputed; it is never returned.
+        One stored in another format is logged and recomputed (overwritten).
         """
         try:
-            data, record = self.get_bytes(key)
-            if record.format == codec.name:
-                return Fetched(codec.decode(data), record, False)
-            log.warning("%s artifact %s has format %r, wanted %r: recomputing", key.kind, record.key[:12],
-                        record.format, codec.name)
-        except ArtifactNotFoundError:
-            log.info("%s artifact %s not stored: computing", key.kind, key.digest()[:12])
-        except ArtifactCorruptError as e:
-            log.warning("%s; recomputing", e)
-            self.delete(key)
+            got = self.get_valid(key, codec)
+        except ArtifactError as e:  # another format
+            log.warning("%s: recomputing", e)
+            got = None
+        if got is not None:
+            return Fetched(got[0], got[1], False)
+        log.info("%s artifact %s: computing", key.kind, key.digest()[:12])
         value = compute()
         record = self.put(key, value, codec)
         return Fetched(value, record, True)
 
     # --- internals -----------------------------------------------------------------------------
+    @staticmethod
+    def _decode(key: ArtifactKey, data: bytes, record: ArtifactRecord, codec: Codec[T]) -> T:
+        if record.format != codec.name:
+            raise ArtifactError(
+                f"{key.kind} artifact at {record.path} is stored as {record.format!r}; "
+                f"read it with the {record.format!r} codec, not {codec.name!r}"
+            )
+        return codec.decode(data)
+
     def _corrupt(self, key: ArtifactKey, where: str, why: str) -> ArtifactCorruptError:
         return ArtifactCorruptError(
             f"{key.kind} artifact at {where} is corrupt: {why}. Do not use it: delete its folder "
