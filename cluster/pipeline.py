@@ -598,12 +598,6 @@ def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | 
     return {rid: (c, RunDecision(decisions[rid])) for rid, c in cells.items() if decisions[rid] != RunDecision.SKIP}
 
 
-def register(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | None,
-             on_existing: str = "resume", executor: Executor | None = None) -> dict[str, RunCell]:
-    """Register every cell in ``runs``; return the cells to run (skipping finished ones)."""
-    return {rid: c for rid, (c, _) in register_cells(cfg, sweep_id, writer, git_sha, on_existing, executor).items()}
-
-
 def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore, git_sha: str | None,
               on_existing: str = "resume", executor: Executor | None = None,
               on_progress: Callable[[str], None] = lambda msg: None, parallel: bool = True) -> dict[str, str]:
