@@ -19,12 +19,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/stats.py` from any directory
     sys.path.insert(0, str(REPO))
 
-from cluster.config import RunCell, SweepConfig, SweepConfigError, load_config  # noqa: E402
+from cluster.config import RunCell, SweepConfig  # noqa: E402
 
 log = logging.getLogger("jobs.stats")
 
@@ -56,28 +57,21 @@ def stats_cells(cfg: SweepConfig) -> list[RunCell]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from cluster.preflight import preflight
+    from jobs.sweep import checked_config, ray_outputs
 
-        preflight(cfg, args.config)
-    except SweepConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = checked_config(args)
+    if cfg is None:
         return 2
+    # The writer records the artifacts stored here (the `artifacts` table).
+    with ray_outputs(cfg, args.address, args.num_cpus) as (_, writer, store):
+        return compute_all(cfg, writer, store)
 
-    import ray
 
+def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
+    """Statistics of every distinct spec, then the projectors of the cells that use them; the exit code."""
     from cluster.executor import RayExecutor
-    from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys, key_statistics, start_writer
-    from jobs.sweep import init_ray, resolve
-    from storage.artifacts import ArtifactStore
+    from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys, key_statistics
 
-    init_ray(args.address, args.num_cpus)
-    results = resolve(cfg.results)
-    if "://" not in results:
-        Path(results).parent.mkdir(parents=True, exist_ok=True)
-    writer = start_writer(results)  # records the artifacts it stores (the `artifacts` table)
-    store = ArtifactStore(resolve(cfg.artifact_root))
     try:
         by_spec = {}
         for cell in stats_cells(cfg):
@@ -108,11 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     except ResourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        try:
-            ray.get(writer.close.remote(), timeout=60)
-        finally:
-            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -26,14 +26,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/sweep.py` from any directory
     sys.path.insert(0, str(REPO))
 
 from cluster.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG  # noqa: E402
-from cluster.config import SweepConfigError, load_config  # noqa: E402
+from cluster.config import SweepConfig, SweepConfigError, load_config  # noqa: E402
 
 log = logging.getLogger("jobs.sweep")
 
@@ -86,9 +89,8 @@ def resolve(path: str) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(REPO / path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def checked_config(args: argparse.Namespace) -> SweepConfig | None:
+    """The config of ``args`` (--config, --set), preflighted; None after printing why it is not usable."""
     try:
         cfg = load_config(args.config, args.overrides)
         from cluster.preflight import preflight
@@ -96,6 +98,39 @@ def main(argv: list[str] | None = None) -> int:
         preflight(cfg, args.config)  # models, layers, dataset files and sizes, probe tasks: before any work
     except SweepConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+    return cfg
+
+
+@contextmanager
+def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None) -> Iterator[tuple[str, Any, Any]]:
+    """(results path, writer actor, artifact store) on a started or joined Ray; on exit the writer is
+    closed and Ray shut down. The results file's folder is created when it is local."""
+    import ray
+
+    from cluster.executor import RayExecutor
+    from cluster.pipeline import start_writer
+    from storage.artifacts import ArtifactStore
+
+    init_ray(address, num_cpus)
+    results = resolve(cfg.results)
+    if "://" not in results:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+    writer = start_writer(results, RayExecutor())
+    try:
+        yield results, writer, ArtifactStore(resolve(cfg.artifact_root))
+    finally:
+        try:
+            ray.get(writer.close.remote(), timeout=60)
+        finally:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = checked_config(args)
+    if cfg is None:
         return 2
     if args.resume and args.rerun == "replace":
         print("error: --resume continues a sweep; it cannot be combined with --rerun replace", file=sys.stderr)
@@ -107,66 +142,55 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from cluster.executor import RayExecutor
-    from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep, start_writer
-    from storage.artifacts import ArtifactStore
+    from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep
 
-    init_ray(args.address, args.num_cpus)
     ex = RayExecutor()
-    t0 = time.time()
-    results = resolve(cfg.results)
-    if "://" not in results:
-        Path(results).parent.mkdir(parents=True, exist_ok=True)
-    writer = start_writer(results, ex)
-    store = ArtifactStore(resolve(cfg.artifact_root))
     exit_code = 0
-    try:
-        if args.resume:
-            known = ray.get(writer.query.remote("SELECT count(*) AS n FROM runs WHERE sweep_id = $s",
-                                                {"s": sweep_id}), timeout=GET_TIMEOUT_S)["n"][0]
-            if not known:
-                print(f"error: --resume {sweep_id}: no runs of that sweep in {results}; pass the same --config "
-                      "and --set as its first run (they name the results file)", file=sys.stderr)
-                return 2
-        cells = list(cfg.cells())
-        batches = sum(-(-c.n_edits // c.batch_size) for c in cells)
-        bar = tqdm(total=batches, desc="edit batches", unit="batch")
-
-        def progress(msg: str) -> None:
-            if msg.endswith(" edits") and "evaluated" not in msg:  # one edit batch done
-                bar.update(1)
-            bar.set_postfix_str(msg[-60:], refresh=False)
-
-        statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
-                             on_progress=progress)
-        bar.close()
-        log.info("%d run cells, %d to run (%d finished earlier)", len(cells), len(statuses),
-                 len(cells) - len(statuses))
-        summary = ray.get(writer.canned.remote("method_comparison", sweep_id=sweep_id), timeout=GET_TIMEOUT_S)
-        probes = ray.get(writer.query.remote(
-            "SELECT r.method, p.task, p.edits_done, round(p.value, 4) AS value FROM probes p JOIN runs r USING (run_id) "
-            "WHERE r.sweep_id = $s AND p.metric = 'acc' ORDER BY 2, 1, 3", {"s": sweep_id}), timeout=GET_TIMEOUT_S)
-        import polars as pl
-
-        with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):
-            print(f"\nsweep {sweep_id}: {len(statuses)} cells run in {time.time() - t0:.0f} s; results in {results}")
-            print(summary)
-            print(probes)
-        failed = {rid: s for rid, s in statuses.items() if s != "finished"}
-        if failed:
-            print(f"{len(failed)} cells failed; see `SELECT run_id, error FROM runs WHERE status = 'failed'`")
-            exit_code = 1
-        print(f"query: python -m storage.query --db {results} method_comparison")
-        from storage.report import report_hint
-
-        print(f"report: {report_hint(results, sweep_id)}")
-    except ResourceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        exit_code = 2
-    finally:
+    with ray_outputs(cfg, args.address, args.num_cpus) as (results, writer, store):
+        t0 = time.time()
         try:
-            ray.get(writer.close.remote(), timeout=60)
-        finally:
-            ray.shutdown()
+            if args.resume:
+                known = ray.get(writer.query.remote("SELECT count(*) AS n FROM runs WHERE sweep_id = $s",
+                                                    {"s": sweep_id}), timeout=GET_TIMEOUT_S)["n"][0]
+                if not known:
+                    print(f"error: --resume {sweep_id}: no runs of that sweep in {results}; pass the same --config "
+                          "and --set as its first run (they name the results file)", file=sys.stderr)
+                    return 2
+            cells = list(cfg.cells())
+            batches = sum(-(-c.n_edits // c.batch_size) for c in cells)
+            bar = tqdm(total=batches, desc="edit batches", unit="batch")
+
+            def progress(msg: str) -> None:
+                if msg.endswith(" edits") and "evaluated" not in msg:  # one edit batch done
+                    bar.update(1)
+                bar.set_postfix_str(msg[-60:], refresh=False)
+
+            statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
+                                 on_progress=progress)
+            bar.close()
+            log.info("%d run cells, %d to run (%d finished earlier)", len(cells), len(statuses),
+                     len(cells) - len(statuses))
+            summary = ray.get(writer.canned.remote("method_comparison", sweep_id=sweep_id), timeout=GET_TIMEOUT_S)
+            probes = ray.get(writer.query.remote(
+                "SELECT r.method, p.task, p.edits_done, round(p.value, 4) AS value FROM probes p JOIN runs r USING (run_id) "
+                "WHERE r.sweep_id = $s AND p.metric = 'acc' ORDER BY 2, 1, 3", {"s": sweep_id}), timeout=GET_TIMEOUT_S)
+            import polars as pl
+
+            with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200):
+                print(f"\nsweep {sweep_id}: {len(statuses)} cells run in {time.time() - t0:.0f} s; results in {results}")
+                print(summary)
+                print(probes)
+            failed = {rid: s for rid, s in statuses.items() if s != "finished"}
+            if failed:
+                print(f"{len(failed)} cells failed; see `SELECT run_id, error FROM runs WHERE status = 'failed'`")
+                exit_code = 1
+            print(f"query: python -m storage.query --db {results} method_comparison")
+            from storage.report import report_hint
+
+            print(f"report: {report_hint(results, sweep_id)}")
+        except ResourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            exit_code = 2
     return exit_code
 
 
