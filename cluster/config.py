@@ -60,6 +60,12 @@ class ModelConfig:
         candidate = REPO_ROOT / p
         return str(candidate) if candidate.exists() or "/" in value else value
 
+    def hf_config(self) -> Any:
+        """The model's Hugging Face config (``config.json`` only, no weights)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.resolve(self.path))
+
     def dataset_path(self, dataset: str) -> str:
         return self.resolve(self.counterfact if dataset == "counterfact" else self.zsre)
 

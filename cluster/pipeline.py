@@ -136,10 +136,8 @@ def stats_keys(model: ModelConfig, cell: RunCell, module_names: dict[int, str], 
 
 def cell_stats_keys(model: ModelConfig, cell: RunCell) -> dict[int, KeyStatsKey]:
     """The artifact keys of the key statistics ``cell`` needs, one per edited layer."""
-    from transformers import AutoConfig
-
     hp = cell.hparams()
-    cfg = AutoConfig.from_pretrained(model.resolve(model.path))
+    cfg = model.hf_config()
     spec = spec_for(cfg.model_type)
     module_names = {layer: spec.mlp_out_name(layer) for layer in hp.layers}
     budget = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from alphaedit.models import UnknownModelTypeError, n_layers, spec_for
 from cluster.config import ModelConfig, SweepConfig, SweepConfigError
@@ -21,17 +20,11 @@ from cluster.config import ModelConfig, SweepConfig, SweepConfigError
 logger = logging.getLogger(__name__)
 
 
-def _model_config(model: ModelConfig) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model.resolve(model.path))
-
-
 def model_problems(index: int, model: ModelConfig, cfg: SweepConfig) -> list[str]:
     """Unknown model type, unreadable model config, edited layers out of range."""
     where = f"models.{index} ({model.name})"
     try:
-        hf_config = _model_config(model)
+        hf_config = model.hf_config()
     except (OSError, ValueError) as exc:
         return [f"{where}.path: cannot read the model config at {model.resolve(model.path)!r} ({exc}). Give a "
                 "local Hugging Face folder, or an id already in the local HF cache (the hub is not reachable "
