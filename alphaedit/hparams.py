@@ -179,6 +179,13 @@ PRESETS: dict[str, EditHparams] = {
         mom2_max_length=4096,  # the reference uses 8192; 4096 avoids the known OOM (issue #3)
         mom2_batch_size=4,
     ),
+    # The embedded real model, SmolLM2-135M(-Instruct) (eval/realworld; 30 Llama blocks, d_model 576,
+    # d_k 1536). PROVISIONAL: the Llama-3 values until the layer sweep / causal trace on the real facts
+    # picks its own (issue 15); see the comment that replaces this one.
+    "smollm2": EditHparams(
+        layers=(4, 5, 6, 7, 8), v_num_grad_steps=25, v_lr=0.1, mom2_update_weight=15000.0,
+        mom2_n_samples=100_000, mom2_max_length=512, mom2_batch_size=16,
+    ),
     # The embedded toy world (4-layer GPT-2, d_model 128, d_k 512), tuned in this repo on the first
     # 200 CounterFact records (4 sequential batches of 50). Differences from the reference presets,
     # and why:
