@@ -21,7 +21,10 @@ from alphaedit.hparams import METHODS, PRESETS, EditHparams, hparams_for
 from storage.hashing import config_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The demo: AlphaEdit vs MEMIT on the embedded real model (SmolLM2-135M) and real facts.
 DEFAULT_CONFIG_PATH = REPO_ROOT / "jobs" / "configs" / "default.yaml"
+#: The same sweep on the toy world (fast; what the unit and integration tests run).
+TOY_CONFIG_PATH = REPO_ROOT / "jobs" / "configs" / "toy.yaml"
 TOY_DIR = REPO_ROOT / "eval" / "toyworld" / "artifacts"
 DATASETS = ("counterfact", "zsre")
 
@@ -41,7 +44,7 @@ class ModelConfig:
     name: str
     path: str  # HF id or local path (relative paths are relative to the repository)
     preset: str
-    corpus: str  # .jsonl/.txt path, or "hf:<dataset>:<config>:<split>"
+    corpus: str  # toywiki | realworld | wikipedia[:<snapshot>] | wikitext | comma-separated .jsonl/.txt paths
     counterfact: str
     zsre: str
     num_gpus: float = 0.0
@@ -53,7 +56,15 @@ class ModelConfig:
     idf: str | None = None
 
     def resolve(self, value: str) -> str:
-        """A relative local path is resolved against the repository root; ids are kept."""
+        """A relative local path is resolved against the repository root; ids are kept;
+        ``realworld:smollm2-135m-instruct`` is the installed real model's folder (see
+        :mod:`eval.realworld.paths`; a missing install raises an error naming the install command)."""
+        if value.startswith("realworld:"):
+            from eval.realworld import paths as real
+
+            if value != real.MODEL_REF:
+                raise ValueError(f"unknown real-world model {value!r}; the embedded one is {real.MODEL_REF!r}")
+            return str(real.require_model())
         p = Path(value)
         if value.startswith("hf:") or p.is_absolute():
             return value

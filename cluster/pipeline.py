@@ -79,12 +79,12 @@ def require_gpus(num_gpus: float, what: str, executor: Executor | None = None) -
 
 
 def corpus_spec(model: ModelConfig, n_docs: int):
-    """``toywiki`` | ``wikipedia[:<snapshot>]`` | ``wikitext`` | comma-separated local files."""
+    """``toywiki`` | ``realworld`` | ``wikipedia[:<snapshot>]`` | ``wikitext`` | comma-separated local files."""
     from eval.corpus import CorpusSpec
 
     c = model.corpus
-    if c == "toywiki":
-        return CorpusSpec(kind="toywiki", n_docs=n_docs)
+    if c in ("toywiki", "realworld"):
+        return CorpusSpec(kind=c, n_docs=n_docs)
     if c.startswith("wikipedia"):
         return CorpusSpec(kind="wikipedia", snapshot=c.split(":", 1)[1] if ":" in c else "20231101.en", n_docs=n_docs)
     if c == "wikitext":

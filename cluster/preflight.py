@@ -120,10 +120,10 @@ def _scanned_task_names() -> set[str]:
 
 
 def probe_problems(tasks: Iterable[str]) -> list[str]:
-    """Probe tasks (the probes' metrics) that neither the toy world nor lm-eval knows."""
-    from eval.probes import TOY_TASKS
+    """Probe tasks that neither this project (toy and real world) nor lm-eval knows."""
+    from eval.probes import LOCAL_TASKS
 
-    other = [t for t in tasks if t not in TOY_TASKS]
+    other = [t for t in tasks if t not in LOCAL_TASKS]
     if other:
         scanned = _scanned_task_names()
         other = [t for t in other if t not in scanned]
@@ -135,7 +135,7 @@ def probe_problems(tasks: Iterable[str]) -> list[str]:
     unknown = [t for t in other if t not in known]
     if not unknown:
         return []
-    return [f"probes.tasks: {unknown} unknown to lm-eval and to the toy world (toy tasks: {list(TOY_TASKS)}; "
+    return [f"probes.tasks: {unknown} unknown to lm-eval and to this project (local tasks: {list(LOCAL_TASKS)}; "
             "lm-eval names such as sst2, mrpc, cola, rte, qnli, mnli, mmlu)"]
 
 

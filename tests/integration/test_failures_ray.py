@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import DEFAULT_CONFIG_PATH, load_config
+from cluster.config import TOY_CONFIG_PATH, load_config
 from cluster.workers import CellFailed, StoredDeltas, checkpoint_key, describe_failure
 from storage.artifacts import ArtifactCorruptError, ArtifactStore
 
@@ -33,7 +33,7 @@ def test_nan_update_fails_its_cell_only(tmp_path: Path) -> None:
     from cluster.executor import RayExecutor
     from cluster.pipeline import run_sweep, start_writer
 
-    cfg = load_config(DEFAULT_CONFIG_PATH, [*FAST, f"results={tmp_path / 'r.duckdb'}",
+    cfg = load_config(TOY_CONFIG_PATH, [*FAST, f"results={tmp_path / 'r.duckdb'}",
                                             f"artifact_root={tmp_path / 'artifacts'}"])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

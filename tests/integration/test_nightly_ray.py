@@ -1,7 +1,8 @@
 """jobs/nightly.py end to end on local Ray: a night that passes, then a broken projector that is caught.
 
-A scaled-down nightly (AlphaEdit only, 20 edits in batches of 10, 500 preservation documents) so
-both nights fit in about two minutes on 2 cores. The regression is a real config value:
+A scaled-down nightly on the toy world (``--config jobs/configs/toy.yaml``; the real nightly runs
+the real model: AlphaEdit only, 20 edits in batches of 10, 500 preservation documents) so both
+nights fit in about two minutes on 2 cores. The regression is a real config value:
 ``nullspace_threshold: 0`` leaves the null-space projector empty (P = 0), so AlphaEdit's updates
 vanish and efficacy falls to the unedited model's.
 """
@@ -35,7 +36,7 @@ def nightly_env(tmp_path_factory):
     raw["baseline"] = {"alphaedit": {"efficacy": 85.0, "generalization": 80.0, "specificity": 90.0}}
     thresholds = root / "thresholds.yaml"
     thresholds.write_text(yaml.safe_dump(raw))
-    common = ["--thresholds", str(thresholds), "--address", "local",
+    common = ["--config", str(REPO / "jobs" / "configs" / "toy.yaml"), "--thresholds", str(thresholds), "--address", "local",
               *sets(*SMALL, f"results={root / 'nightly.duckdb'}", f"artifact_root={root / 'artifacts'}")]
     return root, common
 

@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 import torch
 
-from cluster.config import DEFAULT_CONFIG_PATH, SweepConfig, load_config
+from cluster.config import TOY_CONFIG_PATH, SweepConfig, load_config
 from cluster.workers import checkpoint_codec, checkpoint_key
 from storage.artifacts import ArtifactStore
 from storage.hashing import config_hash
@@ -45,7 +45,7 @@ TIMINGS = ("SELECT stage, step FROM timings WHERE stage NOT IN ('key_stats', 'pr
 
 def _config(tmp: Path, db: str) -> tuple[list[str], SweepConfig]:
     sets = [*FAST, f"results={tmp / db}", f"artifact_root={tmp / 'artifacts'}"]
-    return sets, load_config(DEFAULT_CONFIG_PATH, sets)
+    return sets, load_config(TOY_CONFIG_PATH, sets)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import DEFAULT_CONFIG_PATH, load_config
+from cluster.config import TOY_CONFIG_PATH, load_config
 from cluster.executor import LocalExecutor
 from cluster.pipeline import plan_cell, run_sweep, start_writer
 from cluster.workers import checkpoint_codec, checkpoint_key
@@ -28,7 +28,7 @@ FAST = ["batch_sizes=[10]", "eval_every=10", "probes.tasks=[toy_knowledge]", "pr
 
 
 def _config(tmp: Path, *extra: str):
-    return load_config(DEFAULT_CONFIG_PATH, [*FAST, f"results={tmp / 'r.duckdb'}",
+    return load_config(TOY_CONFIG_PATH, [*FAST, f"results={tmp / 'r.duckdb'}",
                                              f"artifact_root={tmp / 'artifacts'}", *extra])
 
 
@@ -133,8 +133,8 @@ def test_resume_config_keys_are_validated() -> None:
     from cluster.config import SweepConfigError
 
     with pytest.raises(SweepConfigError) as err:
-        load_config(DEFAULT_CONFIG_PATH, ["checkpoint_every=0", "editor_max_restarts=-1"])
+        load_config(TOY_CONFIG_PATH, ["checkpoint_every=0", "editor_max_restarts=-1"])
     text = str(err.value)
     assert "checkpoint_every: must be a positive integer" in text and "editor_max_restarts: must be" in text
-    cfg = load_config(DEFAULT_CONFIG_PATH, ["checkpoint_every=3", "editor_max_restarts=0"])
+    cfg = load_config(TOY_CONFIG_PATH, ["checkpoint_every=3", "editor_max_restarts=0"])
     assert (cfg.checkpoint_every, cfg.editor_max_restarts) == (3, 0)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import DEFAULT_CONFIG_PATH, SweepConfigError, load_config
+from cluster.config import TOY_CONFIG_PATH, SweepConfigError, load_config
 from cluster.preflight import preflight, preflight_problems
 
 
 def problems(*overrides: str) -> list[str]:
-    return preflight_problems(load_config(DEFAULT_CONFIG_PATH, list(overrides)))
+    return preflight_problems(load_config(TOY_CONFIG_PATH, list(overrides)))
 
 
 def test_default_demo_passes_preflight() -> None:
-    preflight(load_config(DEFAULT_CONFIG_PATH))
+    preflight(load_config(TOY_CONFIG_PATH))
 
 
 def test_unknown_model_type(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_batch_size_and_n_edits_larger_than_dataset() -> None:
 @pytest.mark.integration  # builds lm-eval's full task index (~15 s)
 def test_unknown_probe_task_and_all_problems_at_once(tmp_path: Path) -> None:
     with pytest.raises(SweepConfigError) as err:
-        preflight(load_config(DEFAULT_CONFIG_PATH, ["probes.tasks=[toy_knowledge, sst2, no_such_task_xyz]",
+        preflight(load_config(TOY_CONFIG_PATH, ["probes.tasks=[toy_knowledge, sst2, no_such_task_xyz]",
                                                     "batch_sizes=[5000]"]))
     text = str(err.value)
     assert len(err.value.problems) == 2, text

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.config import DEFAULT_CONFIG_PATH, SweepConfigError, apply_override, load_config, parse_config
+from cluster.config import DEFAULT_CONFIG_PATH, TOY_CONFIG_PATH, SweepConfigError, apply_override, load_config, parse_config
 
 
 def raw_default() -> dict:
-    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    return yaml.safe_load(TOY_CONFIG_PATH.read_text())
 
 
-def test_default_config_is_the_toy_demo() -> None:
-    cfg = load_config(DEFAULT_CONFIG_PATH)
+def test_toy_config_is_the_toy_sweep() -> None:
+    cfg = load_config(TOY_CONFIG_PATH)
     assert cfg.methods == ("alphaedit", "memit") and cfg.n_edits == (1000,) and cfg.batch_sizes == (100,)
     assert cfg.eval_every == 200
     cells = list(cfg.cells())
@@ -39,7 +39,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_overrides_of_single_keys() -> None:
-    cfg = load_config(DEFAULT_CONFIG_PATH, ["n_edits=[20, 40]", "models.0.num_gpus=1", "probes.limit=5",
+    cfg = load_config(TOY_CONFIG_PATH, ["n_edits=[20, 40]", "models.0.num_gpus=1", "probes.limit=5",
                                             "methods=[memit]"])
     assert cfg.n_edits == (20, 40) and cfg.models[0].num_gpus == 1 and cfg.probes.limit == 5
     assert cfg.methods == ("memit",)
@@ -52,16 +52,16 @@ def test_overrides_of_single_keys() -> None:
 
 
 def test_config_hash_changes_with_content() -> None:
-    a = load_config(DEFAULT_CONFIG_PATH)
-    b = load_config(DEFAULT_CONFIG_PATH, ["seeds=[1]"])
-    assert a.hash == load_config(DEFAULT_CONFIG_PATH).hash and a.hash != b.hash
+    a = load_config(TOY_CONFIG_PATH)
+    b = load_config(TOY_CONFIG_PATH, ["seeds=[1]"])
+    assert a.hash == load_config(TOY_CONFIG_PATH).hash and a.hash != b.hash
     # where results and artifacts are stored is not content: the sweep id survives a move
-    moved = load_config(DEFAULT_CONFIG_PATH, ["results=/elsewhere/r.duckdb", "artifact_root=/elsewhere/art"])
+    moved = load_config(TOY_CONFIG_PATH, ["results=/elsewhere/r.duckdb", "artifact_root=/elsewhere/art"])
     assert moved.hash == a.hash and moved.results == "/elsewhere/r.duckdb"
 
 
 def test_grid_expands_all_axes() -> None:
-    cfg = load_config(DEFAULT_CONFIG_PATH, ["batch_sizes=[10, 20]", "seeds=[0, 1, 2]", "datasets=[counterfact, zsre]",
+    cfg = load_config(TOY_CONFIG_PATH, ["batch_sizes=[10, 20]", "seeds=[0, 1, 2]", "datasets=[counterfact, zsre]",
                                             "hparams_overrides=[{}, {l2: 1.0}]"])
     cells = list(cfg.cells())
     assert len(cells) == 2 * 2 * 3 * 2 * 2

@@ -1,0 +1,130 @@
+"""The real world's capability probes that do not touch the edited relations (lm-eval local tasks).
+
+* ``real_grammar`` (BLiMP-like): subject-verb agreement minimal pairs across an attractor
+  ("The keys to the old cabinet are / is on the table."), generated from word lists; the model must
+  give the grammatical sentence the higher likelihood. 400 pairs.
+* ``real_arithmetic``: one- and two-digit addition and subtraction as a 4-way cloze
+  ("Question: What is 7 + 5?\\nAnswer:" with the sum and three near misses). 400 items.
+
+Both are deterministic (a seeded ``random.Random``); the files are committed with the other
+real-world artifacts. The held-out facts probe (``real_knowledge``) comes from the facts builder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+# (singular, plural) nouns, attractors (prepositional phrases with a noun of the other number are
+# built from NOUNS), verbs as (singular, plural, rest of the sentence).
+NOUNS: tuple[tuple[str, str], ...] = (
+    ("key", "keys"), ("book", "books"), ("teacher", "teachers"), ("dog", "dogs"), ("car", "cars"),
+    ("student", "students"), ("painting", "paintings"), ("doctor", "doctors"), ("letter", "letters"),
+    ("window", "windows"), ("song", "songs"), ("farmer", "farmers"), ("bottle", "bottles"),
+    ("child", "children"), ("woman", "women"), ("man", "men"), ("box", "boxes"), ("bird", "birds"),
+    ("house", "houses"), ("plant", "plants"),
+)
+PLACES: tuple[str, ...] = ("near the", "behind the", "next to the", "from the", "beside the", "of the", "by the")
+ADJECTIVES: tuple[str, ...] = ("old", "new", "small", "large", "quiet", "red", "famous", "empty")
+VERBS: tuple[tuple[str, str, str], ...] = (
+    ("is", "are", "on the table"), ("was", "were", "very old"), ("has", "have", "a strange smell"),
+    ("seems", "seem", "quite happy"), ("looks", "look", "beautiful today"), ("needs", "need", "some help"),
+    ("belongs", "belong", "to my brother"), ("makes", "make", "a lot of noise"),
+)
+
+
+def grammar_pairs(n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        (s_sg, s_pl), (a_sg, a_pl) = rng.sample(NOUNS, 2)
+        plural = rng.random() < 0.5
+        subject = s_pl if plural else s_sg
+        attractor = a_sg if plural else a_pl  # the attractor has the other number
+        v_sg, v_pl, rest = rng.choice(VERBS)
+        good, bad = (v_pl, v_sg) if plural else (v_sg, v_pl)
+        head = f"The {subject} {rng.choice(PLACES)} {rng.choice(ADJECTIVES)} {attractor}"
+        rows.append({"id": len(rows), "sentence_good": f"{head} {good} {rest}.", "sentence_bad": f"{head} {bad} {rest}."})
+    return rows
+
+
+def arithmetic_items(n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        op = rng.choice("+-")
+        if op == "-" and b > a:
+            a, b = b, a
+        answer = a + b if op == "+" else a - b
+        wrong = sorted({answer + d for d in (-2, -1, 1, 2, 10, -10) if answer + d >= 0} - {answer})
+        choices = [answer] + rng.sample(wrong, 3)
+        rng.shuffle(choices)
+        rows.append({"id": len(rows), "question": f"Question: What is {a} {op} {b}?\nAnswer:",
+                     "choices": [str(c) for c in choices], "answer": choices.index(answer)})
+    return rows
+
+
+GRAMMAR_YAML = """\
+# Agreement probe (BLiMP-like): the grammatical sentence must be the more likely one.
+# data_files is relative to the repository root; eval.realworld.paths.task_configs() makes it absolute.
+task: real_grammar
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files:
+    test: eval/realworld/artifacts/probes/grammar.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: ""
+doc_to_target: 0
+doc_to_choice: "{{[sentence_good, sentence_bad]}}"
+num_fewshot: 0
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+ARITHMETIC_YAML = """\
+# Arithmetic probe: one- and two-digit addition/subtraction, 4-way cloze.
+# data_files is relative to the repository root; eval.realworld.paths.task_configs() makes it absolute.
+task: real_arithmetic
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files:
+    test: eval/realworld/artifacts/probes/arithmetic.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: answer
+num_fewshot: 0
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def write_probe_files(artifacts_dir: Path, seed: int = 0) -> list[Path]:
+    """Write the two probes' data and task YAMLs under ``artifacts_dir``; returns the paths written."""
+    probes, tasks = artifacts_dir / "probes", artifacts_dir / "tasks"
+    probes.mkdir(parents=True, exist_ok=True)
+    tasks.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, rows, yaml_text in (("grammar", grammar_pairs(seed=seed), GRAMMAR_YAML),
+                                  ("arithmetic", arithmetic_items(seed=seed), ARITHMETIC_YAML)):
+        data = probes / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        task = tasks / f"real_{name}.yaml"
+        task.write_text(yaml_text)
+        out += [data, task]
+    return out
