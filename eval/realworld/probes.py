@@ -3,8 +3,8 @@
 * ``real_grammar`` (BLiMP-like): subject-verb agreement minimal pairs across an attractor
   ("The keys to the old cabinet are / is on the table."), generated from word lists; the model must
   give the grammatical sentence the higher likelihood. 400 pairs.
-* ``real_arithmetic``: one- and two-digit addition and subtraction as a 4-way cloze
-  ("Question: What is 7 + 5?\\nAnswer:" with the sum and three near misses). 400 items.
+* ``real_arithmetic``: the 81 single-digit additions as a worded 4-way cloze ("What is 7 plus 5?
+  The answer is" with the sum and three near misses).
 
 Both are deterministic (a seeded ``random.Random``); the files are committed with the other
 real-world artifacts. The held-out facts probe (``real_knowledge``) comes from the facts builder.
@@ -50,19 +50,23 @@ def grammar_pairs(n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def arithmetic_items(n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+def arithmetic_items(seed: int = 0) -> list[dict[str, Any]]:
+    """All 81 single-digit additions, worded ("What is 7 plus 5? The answer is"), 4-way.
+
+    Worded prompts because the model is near chance on symbolic ones: on 100 items each, "7 + 5 ="
+    0.34, "Question: What is 13 - 4?\nAnswer:" 0.34, "What is 7 plus 5? The answer is" 0.78
+    (chance 0.25; lowest mean NLL of the four choices).
+    """
     rng = random.Random(seed)
+    pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+    rng.shuffle(pairs)
     rows = []
-    while len(rows) < n:
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        op = rng.choice("+-")
-        if op == "-" and b > a:
-            a, b = b, a
-        answer = a + b if op == "+" else a - b
+    for a, b in pairs:
+        answer = a + b
         wrong = sorted({answer + d for d in (-2, -1, 1, 2, 10, -10) if answer + d >= 0} - {answer})
         choices = [answer] + rng.sample(wrong, 3)
         rng.shuffle(choices)
-        rows.append({"id": len(rows), "question": f"Question: What is {a} {op} {b}?\nAnswer:",
+        rows.append({"id": len(rows), "question": f"What is {a} plus {b}? The answer is",
                      "choices": [str(c) for c in choices], "answer": choices.index(answer)})
     return rows
 
@@ -91,7 +95,7 @@ metadata:
 """
 
 ARITHMETIC_YAML = """\
-# Arithmetic probe: one- and two-digit addition/subtraction, 4-way cloze.
+# Arithmetic probe: the 81 single-digit additions, worded, 4-way cloze.
 # data_files is relative to the repository root; eval.realworld.paths.task_configs() makes it absolute.
 task: real_arithmetic
 dataset_path: json
