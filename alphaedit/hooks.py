@@ -1,4 +1,6 @@
-"""Forward hooks: capture module inputs/outputs, stop the forward early, add δ to a block output.
+"""Forward hooks: capture module inputs/outputs, stop the forward early, add δ to a block output;
+plus the pieces of a forward that reuses a key/value prefix (a cache of the prompt positions that do
+not depend on δ) and runs some blocks in a lower precision.
 
 All hooks are installed by context managers and always removed, even when the forward raises.
 """
@@ -6,7 +8,8 @@ All hooks are installed by context managers and always removed, even when the fo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -65,10 +68,19 @@ def capture(
             handle.remove()
 
 
-def run_until_stopped(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """Run ``model`` forward (no KV cache) and swallow the early-stop signal of :func:`capture`."""
+def run_until_stopped(model: nn.Module, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      **kwargs: object) -> None:
+    """Run ``model`` forward and swallow the early-stop signal of :func:`capture`.
+
+    No KV cache unless ``kwargs`` pass one (see :func:`cache_kwargs`); other ``kwargs`` (e.g.
+    ``inputs_embeds``, ``position_ids``) go to the model as given.
+    """
+    kwargs.setdefault("use_cache", False)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if input_ids is None:
+            model(attention_mask=attention_mask, **kwargs)
+        else:
+            model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     except _StopForward:
         pass
 
@@ -129,3 +141,65 @@ def replay_blocks(model: nn.Module, block_names: Sequence[str], output: object) 
     finally:
         for module in modules:
             del module.forward
+
+
+@contextlib.contextmanager
+def cast_parameters(modules: Iterable[nn.Module], dtype: torch.dtype) -> Iterator[None]:
+    """Hold the floating-point parameters of ``modules`` in ``dtype`` for the duration.
+
+    A copy in ``dtype`` is made once on entry and the original tensors are put back on exit, so the
+    weights are bit-identical afterwards (a plain ``.to(bfloat16)`` round trip would round them).
+    The Parameter objects stay the same, so hooks and tied weights keep working. Nothing is copied
+    for tensors already in ``dtype``. Buffers (e.g. rotary frequencies) keep their dtype. Used to run
+    frozen blocks in bf16 without autocast re-casting every weight at every step (autocast caches
+    casts only of leaf tensors that require grad).
+    """
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+    try:
+        for module in modules:
+            for t in module.parameters():
+                if id(t) in seen or t.dtype == dtype or not t.is_floating_point():
+                    continue
+                seen.add(id(t))
+                saved.append((t, t.data))
+                t.data = t.data.to(dtype)
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
+
+
+def cache_kwargs(model: nn.Module, cache: object) -> dict[str, object]:
+    """Keyword arguments that hand ``cache`` to the HF model's forward (``cache`` in transformers >= 5,
+    ``past_key_values`` before)."""
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
+def new_kv_cache(model: nn.Module) -> object:
+    """An empty HF ``DynamicCache`` for ``model`` (filled by the forward or by :func:`fill_kv_cache`)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56: no config argument
+        return DynamicCache()
+
+
+def cached_kv(cache: object, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of ``layer`` in an HF cache, each (batch, kv_heads, seq, head_dim)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return layers[layer].keys, layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]  # type: ignore[attr-defined]
+
+
+def fill_kv_cache(model: nn.Module, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> object:
+    """A new HF cache holding ``kv[layer] = (keys, values)`` for the given layers (others empty)."""
+    cache = new_kv_cache(model)
+    for layer in sorted(kv):
+        keys, values = kv[layer]
+        cache.update(keys, values, layer)  # type: ignore[attr-defined]
+    return cache

@@ -107,6 +107,17 @@ class EditHparams:
     rect_mask_in_layer_loop: bool = False
     # prune+proj / rect+proj use AlphaEdit's solve; include its Σ Kp Kpᵀ term (AlphaEdit §4.5 is silent).
     projected_uses_prev_keys: bool = True
+    # --- speed (issue 16); the defaults keep the reference numerics --------------------------------
+    # Dtype of the blocks above L (and the final norm) while z is optimized. "bfloat16": one cast of
+    # those frozen weights per compute_targets call (bf16 GEMMs, fp32 accumulation); blocks 0..L, h0,
+    # δ, Adam, the output layer and the losses stay fp32. "float32": the reference (fp32 models).
+    v_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # ENCORE's most-probable early stopping (arXiv 2502.01636): a request also stops once every target
+    # token is the argmax after every rewriting prompt (teacher-forced), whatever its loss.
+    v_stop_most_probable: bool = False
+    # Dtype of the forward that produces the keys for the key statistics (blocks up to the last edited
+    # layer); each batch's Σ k kᵀ is still formed in fp32 and summed in fp64.
+    stats_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     def __post_init__(self) -> None:
         layers = tuple(int(x) for x in self.layers)
@@ -122,6 +133,12 @@ class EditHparams:
             raise ValueError(f"EditHparams.fact_token must be 'subject_last' or 'last', got {self.fact_token!r}")
         if self.solve_dtype not in ("float32", "float64"):
             raise ValueError(f"EditHparams.solve_dtype must be 'float32' or 'float64', got {self.solve_dtype!r}")
+        for name in ("v_dtype", "stats_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"EditHparams.{name} must be 'float32', 'bfloat16' or 'float16', "
+                                 f"got {getattr(self, name)!r}")
+        if not isinstance(self.v_stop_most_probable, bool):
+            raise ValueError(f"EditHparams.v_stop_most_probable must be a bool, got {self.v_stop_most_probable!r}")
         if self.v_num_grad_steps < 1:
             raise ValueError("EditHparams.v_num_grad_steps must be >= 1")
         if self.key_budget_multiplier is not None and self.key_budget_multiplier <= 0:
