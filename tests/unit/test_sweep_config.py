@@ -78,3 +78,14 @@ def test_real_model_configs_carry_the_papers_setting(name: str, layers: tuple[in
     cells = list(cfg.cells())
     assert len(cells) == 4 and all(c.hparams().layers == layers for c in cells)
     assert cells[0].checkpoints() == [0, 500, 1000, 1500, 2000]
+
+
+def test_default_config_is_the_real_model_demo() -> None:
+    from eval.probes import REAL_TASKS
+    from eval.realworld.paths import MODEL_REF
+
+    cfg = load_config(DEFAULT_CONFIG_PATH)
+    (model,) = cfg.models
+    assert model.path == MODEL_REF and model.preset == "smollm2" and model.corpus == "realworld"
+    assert "eval/realworld/artifacts/" in model.counterfact and set(cfg.probes.tasks) <= set(REAL_TASKS)
+    assert cfg.methods == ("alphaedit", "memit") and all(c.hparams().layers for c in cfg.cells())
