@@ -207,12 +207,17 @@ def refresh_manifest(artifacts_dir: str | os.PathLike[str], **sections: Any) -> 
 
     ``files`` becomes {relative path: {sha256, bytes}} of every file but the manifest itself
     (files written by others too, e.g. ``corpus.jsonl``); each keyword replaces that top-level
-    section; all other sections of the existing manifest are kept. Returns the new manifest.
+    section (``None`` removes it); all other sections of the existing manifest are kept. Returns
+    the new manifest.
     """
     root = Path(artifacts_dir)
     path = root / MANIFEST_FILE
     manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    manifest.update(sections)
+    for key, value in sections.items():
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
@@ -752,6 +757,13 @@ def knowledge_accuracy(model: Any, tok: Any, artifacts_dir: Path, batch_size: in
     return {f"{p.task}/{p.metric}": round(p.value, 4) for p in rows}
 
 
+def _manifest_sha(root: Path, rel: str) -> str | None:
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("files", {}).get(rel, {}).get("sha256")
+
+
 def build(artifacts_dir: str | os.PathLike[str] | None = None, *, seed: int = 0, datasets_only: bool = False,
           probe: bool = True) -> dict[str, Any]:
     """``python -m eval.realworld build``: facts (unless ``datasets_only``), datasets, probe, manifest."""
@@ -774,11 +786,18 @@ def build(artifacts_dir: str | os.PathLike[str] | None = None, *, seed: int = 0,
         model, tok = load_model(str(paths.require_model()))
         doc = build_facts(model, tok)
         _write_atomic(root / FACTS_FILE, facts_bytes(doc))
+    old_probe_sha = _manifest_sha(root, "probes/knowledge.jsonl")
     info = build_datasets(doc, root, seed)
     sections: dict[str, Any] = {"counts": info["counts"], "recall": info["recall"], "seed": seed,
                                 "facts_seconds": doc["build_seconds"]}
-    if probe and model is not None:
-        sections["probes"] = knowledge_accuracy(model, tok, root)
-    # the facts stage (timed in facts.json) plus, after --datasets-only, this run's datasets stage
-    sections["build_seconds"] = round(time.time() - t0 + (doc["build_seconds"] if datasets_only else 0.0), 1)
+    if not datasets_only:
+        if probe:
+            sections["probes"] = knowledge_accuracy(model, tok, root)
+        sections["build_seconds"] = round(time.time() - t0, 1)  # the whole build: facts, datasets, probe
+    else:
+        sections["datasets_seconds"] = round(time.time() - t0, 1)
+        if old_probe_sha != info["files"]["probes/knowledge.jsonl"]["sha256"]:
+            logger.warning("the knowledge probe changed: its unedited scores are dropped from the manifest "
+                           "(the full build measures them)")
+            sections["probes"] = None
     return refresh_manifest(root, **sections)

@@ -40,7 +40,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 MIN_CITY_POPULATION = 75_000
@@ -251,7 +251,7 @@ def _geonames() -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[s
     return countries, cities, states
 
 
-@lru_cache(maxsize=None)
+@cache
 def _languages(iso2: str) -> tuple[str, ...]:
     """The country's official languages (ISO 639-1), main first, from ``countryinfo``."""
     import countryinfo
@@ -263,7 +263,7 @@ def _languages(iso2: str) -> tuple[str, ...]:
     return tuple(str(code) for code in (info.get("languages") or ()) if code)
 
 
-@lru_cache(maxsize=None)
+@cache
 def language_name(code: str) -> str | None:
     import pycountry
 
