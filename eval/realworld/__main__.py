@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--force", action="store_true", help="convert again even if the install is current")
     sub.add_parser("check", help="verify the installed model files against their manifest")
     b = sub.add_parser("build", help="filter real facts with the model into facts.json, then write the datasets "
-                                     "(about 1 h on 2 shared CPU cores)")
+                                     "(about 20 min on 2 shared CPU cores)")
     b.add_argument("--datasets-only", action="store_true",
                    help="regenerate the datasets from the committed facts.json (no model, seconds)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split and of the dataset generators")
