@@ -2,10 +2,27 @@
 
 ``score_targets(model, tokenizer, prompts, targets)`` scores pair i = (prompts[i], targets[i]):
 the input is tokens(prompt) (special tokens as the tokenizer adds them, e.g. Llama's BOS) followed by
-tokens(target) (no special tokens), right-padded, one forward per batch of pairs. For each pair it
-returns the per-token NLL of the target tokens, their mean (the CounterFact probability test compares
-these means: efficacy is mean NLL(true) > mean NLL(new)), and whether every target token is the
-argmax (the CounterFact "acc" / zsRE token-accuracy building block).
+tokens(target) (no special tokens). For each pair it returns the per-token NLL of the target tokens,
+their mean (the CounterFact probability test compares these means: efficacy is mean NLL(true) >
+mean NLL(new)), and whether every target token is the argmax (the CounterFact "acc" / zsRE
+token-accuracy building block).
+
+How it is computed (the result is that of one forward per pair, up to float rounding):
+
+* Every scored sequence (prompt + target minus its last token) goes into one prefix tree of token
+  ids, so a prompt shared by several targets, a prefix shared by several prompts (a BOS, "The city
+  of") and a repeated prompt are computed once. Sub-trees are packed into rows of ``row_tokens``
+  positions (a sub-tree too large for a row is split, its ancestors copied ahead of each piece);
+  each position attends to exactly its ancestors (an explicit 4-D attention mask) at its depth as
+  position id, which is the causal context it has in its own sequence.
+* A target token is read from the logits at the node that ends just before it (the first one at
+  the prompt's last token), so single-token targets cost no position of their own, and the output
+  layer runs only at those nodes (the final norm's output is captured and the forward stops there),
+  not over the vocabulary at every position.
+* Rows are batched by length (``batch_size`` rows, at most ``max_tokens`` padded tokens a forward).
+
+Models whose ``model_type`` has no :class:`~alphaedit.models.ModelSpec` fall back to the model's
+full logits (same numbers, more work).
 
 Targets are used verbatim: pass " Paris" (with the leading space) where the prompt ends before the
 answer word, as CounterFact's "prompt + ' ' + target" does. For a cross product of prompts and
@@ -20,7 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alphaedit.tokens import encode, model_device, pad_id, right_pad
+from alphaedit.hooks import capture, run_until_stopped
+from alphaedit.models import ModelSpec, UnknownModelTypeError, get_module, spec_for
+from alphaedit.tokens import encode, model_device, pad_id
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,129 @@ def cross_pairs(prompts: Sequence[str], targets: Sequence[str]) -> tuple[list[st
     return [p for p in prompts for _ in targets], [t for _ in prompts for t in targets]
 
 
+class _Trie:
+    """Every scored token sequence (prompt + target[:-1]) as a prefix tree of token ids."""
+
+    def __init__(self) -> None:
+        self.token: list[int] = []
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+        self.children: list[dict[int, int]] = []
+        self.roots: dict[int, int] = {}
+
+    def insert(self, ids: Sequence[int]) -> list[int]:
+        """Node ids of every prefix of ``ids`` (node i ends at token i), creating missing nodes."""
+        nodes, level, parent = [], self.roots, -1
+        for depth, tok in enumerate(ids):
+            node = level.get(tok)
+            if node is None:
+                node = len(self.token)
+                self.token.append(tok)
+                self.parent.append(parent)
+                self.depth.append(depth)
+                self.children.append({})
+                level[tok] = node
+            nodes.append(node)
+            level, parent = self.children[node], node
+        return nodes
+
+    def sizes(self) -> list[int]:
+        size = [1] * len(self.token)
+        for node in range(len(self.token) - 1, -1, -1):  # children are created after their parent
+            if self.parent[node] >= 0:
+                size[self.parent[node]] += size[node]
+        return size
+
+
+@dataclass
+class _Row:
+    """Tree-packed row: several sub-trees of the trie, each after a copy of its root's ancestors."""
+
+    nodes: list[int]  # trie node at each position
+    ancestors: list[list[int]]  # row positions each position attends to (its ancestors and itself)
+
+
+def _units(trie: _Trie, width: int) -> list[tuple[list[int], int]]:
+    """(ancestor path, sub-tree root) pieces of at most ``width`` positions covering every node."""
+    size = trie.sizes()
+    out: list[tuple[list[int], int]] = []
+    stack: list[tuple[list[int], list[int]]] = [([], list(trie.roots.values()))]
+    while stack:
+        path, roots = stack.pop()
+        for node in roots:
+            if size[node] + len(path) <= width or not trie.children[node]:
+                out.append((path, node))
+            else:  # too large: the node joins the path of pieces made of its children
+                stack.append((path + [node], list(trie.children[node].values())))
+    return out
+
+
+def _pack_rows(trie: _Trie, width: int) -> list[_Row]:
+    """First-fit-decreasing packing of the pieces of :func:`_units` into rows of <= ``width``."""
+    size = trie.sizes()
+    units = sorted(_units(trie, width), key=lambda u: -(len(u[0]) + size[u[1]]))
+    rows: list[_Row] = []
+    free: list[int] = []
+    for path, root in units:
+        need = len(path) + size[root]
+        slot = next((i for i, f in enumerate(free) if f >= need), None)
+        if slot is None:
+            rows.append(_Row([], []))
+            free.append(width)
+            slot = len(rows) - 1
+        row = rows[slot]
+        chain: list[int] = []
+        for node in path:  # the ancestors, copied
+            row.nodes.append(node)
+            chain.append(len(row.nodes) - 1)
+            row.ancestors.append(list(chain))
+        stack = [(root, chain)]
+        while stack:  # depth-first over the sub-tree; each position sees its chain of ancestors
+            node, above = stack.pop()
+            row.nodes.append(node)
+            mine = above + [len(row.nodes) - 1]
+            row.ancestors.append(mine)
+            stack.extend((child, mine) for child in reversed(list(trie.children[node].values())))
+        free[slot] -= need
+    return rows
+
+
+def _tree_mask(rows: Sequence[_Row], width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask (b, 1, W, W): position q attends to k iff k is q or one of its ancestors."""
+    b_idx, q_idx, k_idx = [], [], []
+    for b, row in enumerate(rows):
+        for q, keys in enumerate(row.ancestors):
+            b_idx.extend([b] * len(keys))
+            q_idx.extend([q] * len(keys))
+            k_idx.extend(keys)
+    allowed = torch.zeros(len(rows), width, width, dtype=torch.bool)
+    allowed[b_idx, q_idx, k_idx] = True
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding queries see themselves
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None].to(device)
+
+
+def _batches(rows: list[_Row], batch_size: int, max_tokens: int) -> list[list[_Row]]:
+    order = sorted(rows, key=lambda r: len(r.nodes))
+    out: list[list[_Row]] = []
+    batch: list[_Row] = []
+    for row in order:  # ascending length: the padded size of a batch is (len(batch) + 1) * len(row)
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(row.nodes) > max_tokens):
+            out.append(batch)
+            batch = []
+        batch.append(row)
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 @torch.no_grad()
 def score_targets(
     model: nn.Module,
@@ -48,8 +190,17 @@ def score_targets(
     prompts: Sequence[str],
     targets: Sequence[str],
     batch_size: int = 64,
+    *,
+    max_tokens: int = 8192,
+    row_tokens: int = 256,
+    spec: ModelSpec | None = None,
 ) -> TargetScores:
-    """Teacher-forced NLL and argmax-correctness of ``targets[i]`` after ``prompts[i]``."""
+    """Teacher-forced NLL and argmax-correctness of ``targets[i]`` after ``prompts[i]``.
+
+    ``batch_size``: packed rows per forward; ``max_tokens``: padded tokens per forward; ``row_tokens``:
+    positions per packed row (longer sequences get a row of their own length). ``spec``: where the
+    final norm and output layer are (default: from the model's type).
+    """
     if len(prompts) != len(targets):
         raise ValueError(f"score_targets: {len(prompts)} prompts but {len(targets)} targets; pass pairs "
                          "(see cross_pairs for a cross product)")
@@ -58,26 +209,70 @@ def score_targets(
     for i, ids in enumerate(target_ids):
         if not ids:
             raise ValueError(f"score_targets: target {i} ({targets[i]!r}) tokenizes to no tokens")
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            raise ValueError(f"score_targets: prompt {i} ({prompts[i]!r}) tokenizes to no tokens")
+    if spec is None:
+        try:
+            spec = spec_for(model)
+        except UnknownModelTypeError:
+            spec = None
     device = model_device(model)
+    dtype = _model_dtype(model)
     pad = pad_id(tokenizer)
-    token_nll: list[torch.Tensor] = []
-    token_correct: list[torch.Tensor] = []
+    trie = _Trie()
+    reads: list[list[int]] = []  # per pair: the node whose logits predict each target token
+    for p, t in zip(prompt_ids, target_ids, strict=True):
+        nodes = trie.insert(p + t[:-1])
+        reads.append(nodes[len(p) - 1 : len(p) - 1 + len(t)])
+    width = max(row_tokens, max(len(p) + len(t) for p, t in zip(prompt_ids, target_ids, strict=True)))
+    rows = _pack_rows(trie, width)
+    where: dict[int, tuple[int, int]] = {}  # node -> (row, position) of its first occurrence
+    for r, row in enumerate(rows):
+        for pos, node in enumerate(row.nodes):
+            where.setdefault(node, (r, pos))
+    node_nll: dict[tuple[int, int], torch.Tensor] = {}  # (node, token) -> (nll, argmax)
+    needed: dict[int, set[int]] = {}  # node -> tokens read after it
+    for pair_reads, t in zip(reads, target_ids, strict=True):
+        for node, tok in zip(pair_reads, t, strict=True):
+            needed.setdefault(node, set()).add(tok)
+    row_of = {id(row): r for r, row in enumerate(rows)}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            p_ids = prompt_ids[start : start + batch_size]
-            t_ids = target_ids[start : start + batch_size]
-            input_ids, mask = right_pad([p + t for p, t in zip(p_ids, t_ids, strict=True)], pad, device)
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits  # (b, seq, V)
-            for row, (p, t) in enumerate(zip(p_ids, t_ids, strict=True)):
-                pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=device)
-                logp = torch.log_softmax(logits[row, pos].float(), dim=-1)  # (|t|, V)
-                tgt = torch.tensor(t, device=device)
-                token_nll.append(-logp.gather(1, tgt[:, None])[:, 0].cpu())
-                token_correct.append((logp.argmax(-1) == tgt).cpu())
+        for batch in _batches(rows, max(1, batch_size), max_tokens):
+            w = max(len(r.nodes) for r in batch)
+            input_ids = torch.full((len(batch), w), pad, dtype=torch.long)
+            position_ids = torch.zeros((len(batch), w), dtype=torch.long)
+            for b, row in enumerate(batch):
+                input_ids[b, : len(row.nodes)] = torch.tensor([trie.token[n] for n in row.nodes])
+                position_ids[b, : len(row.nodes)] = torch.tensor([trie.depth[n] for n in row.nodes])
+            mask = _tree_mask(batch, w, dtype, device)
+            input_ids, position_ids = input_ids.to(device), position_ids.to(device)
+            local = {row_of[id(row)]: b for b, row in enumerate(batch)}
+            read_nodes = [n for n in needed if where[n][0] in local]
+            rows_t = torch.tensor([local[where[n][0]] for n in read_nodes], device=device)
+            cols_t = torch.tensor([where[n][1] for n in read_nodes], device=device)
+            if spec is not None:
+                with capture(model, outputs_of=[spec.final_norm], stop_after=spec.final_norm) as store:
+                    run_until_stopped(model, input_ids, mask, position_ids=position_ids)
+                hidden = store["out:" + spec.final_norm][rows_t, cols_t]  # (read positions, d_model)
+                logits = get_module(model, spec.lm_head)(hidden)  # (read positions, V)
+            else:
+                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                               use_cache=False).logits[rows_t, cols_t]
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (read positions, V)
+            top = logp.argmax(-1)
+            for i, node in enumerate(read_nodes):
+                for tok in needed[node]:
+                    node_nll[(node, tok)] = torch.stack([-logp[i, tok], (top[i] == tok).float()])
     finally:
         model.train(was_training)
-    nll = torch.stack([x.mean() for x in token_nll]) if token_nll else torch.zeros(0)
-    correct = torch.stack([x.all() for x in token_correct]) if token_correct else torch.zeros(0, dtype=torch.bool)
-    return TargetScores(nll=nll, token_nll=token_nll, argmax_correct=correct, token_correct=token_correct)
+    token_nll, token_correct = [], []
+    for pair_reads, t in zip(reads, target_ids, strict=True):
+        vals = torch.stack([node_nll[(node, tok)] for node, tok in zip(pair_reads, t, strict=True)])  # (|t|, 2)
+        token_nll.append(vals[:, 0].contiguous())
+        token_correct.append(vals[:, 1].bool())
+    nll_mean = torch.stack([x.mean() for x in token_nll]) if token_nll else torch.zeros(0)
+    all_correct = torch.stack([x.all() for x in token_correct]) if token_correct else torch.zeros(0, dtype=torch.bool)
+    return TargetScores(nll=nll_mean, token_nll=token_nll, argmax_correct=all_correct, token_correct=token_correct)
