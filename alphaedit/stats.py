@@ -2,13 +2,15 @@
 
 One forward pass per batch hooks the inputs of *all* edited projections and is aborted right after
 the last of them, so the blocks above the last edited layer never run. Padding positions are
-excluded. Each batch's Σ k kᵀ is formed in the key dtype (fp32) and folded into an fp64 running
-sum, which keeps 10^8-token sums exact to ~1e-16 relative per addition. Accumulators of disjoint
+excluded. Each batch's Σ k kᵀ is formed in fp32 (``product_dtype``) and folded into an fp64 running
+sum, which keeps 10^8-token sums exact to ~1e-16 relative per addition. The forward itself may run
+in bf16 (``forward_dtype``; the keys are then bf16-rounded before their fp32 products). Accumulators of disjoint
 shards merge exactly (sums and counts add), so distributed workers can compute shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from alphaedit.hooks import capture, run_until_stopped
+from alphaedit.hooks import capture, cast_parameters, run_until_stopped
 from alphaedit.models import ModelSpec, key_dim
 from alphaedit.tokens import encode, model_device, pad_id, right_pad
 
@@ -144,6 +146,7 @@ def compute_key_stats(
     max_keys: int | None = None,
     accumulate_on: torch.device | str | None = "cpu",
     product_dtype: torch.dtype = torch.float32,
+    forward_dtype: torch.dtype | str | None = None,
 ) -> dict[int, SecondMoment]:
     """Σ k kᵀ and the key count of every layer in ``layers`` over ``texts``, in one pass per batch.
 
@@ -152,6 +155,8 @@ def compute_key_stats(
     ``max_keys`` (FastMEMIT budget) stops after exactly that many keys per layer, in corpus order.
     ``accumulate_on``: device of the fp64 sums (None = the model's device). ``product_dtype``: dtype of
     each chunk's kᵀk before it is added to the fp64 sum (see :meth:`SecondMoment.add`).
+    ``forward_dtype`` (e.g. ``"bfloat16"``, ``EditHparams.stats_dtype``): the model's weights are held
+    in that dtype for the call (one cast, restored bit-exactly after); None: the model's own dtype.
     """
     layers = sorted(set(int(x) for x in layers))
     if not layers:
@@ -165,26 +170,32 @@ def compute_key_stats(
     model.eval()
     remaining = max_keys
     n_docs = 0
+    if isinstance(forward_dtype, str):
+        if not isinstance(getattr(torch, forward_dtype, None), torch.dtype):
+            raise ValueError(f"compute_key_stats: unknown forward_dtype {forward_dtype!r}; use e.g. 'bfloat16'")
+        forward_dtype = getattr(torch, forward_dtype)
+    cast = cast_parameters([model], forward_dtype) if forward_dtype is not None else contextlib.nullcontext()
     try:
-        for batch in _batches(texts, batch_size):
-            ids = encode(tokenizer, batch, max_length=max_length)
-            ids = [row for row in ids if row]
-            if not ids:
-                continue
-            input_ids, mask = right_pad(ids, pad, device)
-            with capture(model, inputs_of=names, stop_after=names[-1]) as store:
-                run_until_stopped(model, input_ids, mask)
-            keep = mask.bool()  # (batch, seq)
-            for layer, name in zip(layers, names, strict=True):
-                keys = store["in:" + name][keep]  # (n_tokens, d_k), padding excluded
+        with cast:
+            for batch in _batches(texts, batch_size):
+                ids = encode(tokenizer, batch, max_length=max_length)
+                ids = [row for row in ids if row]
+                if not ids:
+                    continue
+                input_ids, mask = right_pad(ids, pad, device)
+                with capture(model, inputs_of=names, stop_after=names[-1]) as store:
+                    run_until_stopped(model, input_ids, mask)
+                keep = mask.bool()  # (batch, seq)
+                for layer, name in zip(layers, names, strict=True):
+                    keys = store["in:" + name][keep]  # (n_tokens, d_k), padding excluded
+                    if remaining is not None:
+                        keys = keys[:remaining]
+                    stats[layer].add(keys)
+                n_docs += len(ids)
                 if remaining is not None:
-                    keys = keys[:remaining]
-                stats[layer].add(keys)
-            n_docs += len(ids)
-            if remaining is not None:
-                remaining -= min(remaining, int(keep.sum()))
-                if remaining == 0:
-                    break
+                    remaining -= min(remaining, int(keep.sum()))
+                    if remaining == 0:
+                        break
     finally:
         model.train(was_training)
     logger.info(
