@@ -65,7 +65,7 @@ def naive_z(model, tok, spec, request, templates, hp) -> tuple[torch.Tensor, flo
             delta.mul_((max_norm / delta.norm().clamp_min(1e-12)).clamp(max=1.0))
     for p in model.parameters():
         p.requires_grad_(True)
-    return h0 + delta.detach(), float(loss)
+    return h0 + delta.detach(), float(loss.detach())
 
 
 @pytest.mark.parametrize("model_type,fact_token", [("llama", "subject_last"), ("gpt2", "subject_last"),
