@@ -144,8 +144,10 @@ def replay_blocks(model: nn.Module, block_names: Sequence[str], output: object) 
 
 
 @contextlib.contextmanager
-def cast_parameters(modules: Iterable[nn.Module], dtype: torch.dtype) -> Iterator[None]:
-    """Hold the floating-point parameters of ``modules`` in ``dtype`` for the duration.
+def cast_parameters(modules: Iterable[nn.Module], dtype: torch.dtype,
+                    exclude: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Hold the floating-point parameters of ``modules`` (but those in ``exclude``) in ``dtype`` for the
+    duration.
 
     A copy in ``dtype`` is made once on entry and the original tensors are put back on exit, so the
     weights are bit-identical afterwards (a plain ``.to(bfloat16)`` round trip would round them).
@@ -155,7 +157,7 @@ def cast_parameters(modules: Iterable[nn.Module], dtype: torch.dtype) -> Iterato
     casts only of leaf tensors that require grad).
     """
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    seen: set[int] = set()
+    seen: set[int] = {id(t) for t in exclude}
     try:
         for module in modules:
             for t in module.parameters():

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alphaedit.hooks import capture, run_until_stopped
+import contextlib
+
+from alphaedit.hooks import capture, cast_parameters, run_until_stopped
 from alphaedit.models import ModelSpec, UnknownModelTypeError, get_module, spec_for
 from alphaedit.tokens import encode, model_device, pad_id
 
@@ -176,6 +178,21 @@ def _batches(rows: list[_Row], batch_size: int, max_tokens: int) -> list[list[_R
     return out
 
 
+def _low_logits(head: nn.Module, low_weight: torch.Tensor, hidden: torch.Tensor, read_nodes: list[int],
+                needed: dict[int, set[int]]) -> torch.Tensor:
+    """Logits (n, V) of the output layer from ``low_weight`` (its weight in the compute dtype) with
+    the scored tokens' logits redone in the head's own precision."""
+    weight, bias = head.weight, getattr(head, "bias", None)  # the head was left in its own dtype
+    logits = torch.nn.functional.linear(hidden.to(low_weight.dtype), low_weight).float()  # (n, V)
+    rows = torch.tensor([i for i, n in enumerate(read_nodes) for _ in needed[n]], device=hidden.device)
+    toks = torch.tensor([t for n in read_nodes for t in sorted(needed[n])], device=hidden.device)
+    exact = (hidden[rows].float() * weight[toks].float()).sum(-1)  # (reads,)
+    if bias is not None:
+        logits = logits + bias.float()
+        exact = exact + bias[toks].float()
+    return logits.index_put_((rows, toks), exact)
+
+
 def _model_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
@@ -194,12 +211,20 @@ def score_targets(
     max_tokens: int = 8192,
     row_tokens: int = 256,
     spec: ModelSpec | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> TargetScores:
     """Teacher-forced NLL and argmax-correctness of ``targets[i]`` after ``prompts[i]``.
 
     ``batch_size``: packed rows per forward; ``max_tokens``: padded tokens per forward; ``row_tokens``:
     positions per packed row (longer sequences get a row of their own length). ``spec``: where the
     final norm and output layer are (default: from the model's type).
+
+    ``dtype`` (e.g. ``"bfloat16"``; default None: the model's own, which gives the per-pair numbers):
+    every weight but the output layer's is held in that dtype for the call (one cast, restored
+    bit-exactly); the output layer's GEMM runs in it too, but the logit of every scored token is
+    recomputed in fp32 and the log-softmax is taken in fp32. Faster on bf16 hardware (AVX512-BF16,
+    AMX, GPUs); the NLLs move by the bf16 rounding of the forward (~1e-2), so a comparison of two
+    targets that are that close can flip. Needs a registered ``spec``.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"score_targets: {len(prompts)} prompts but {len(targets)} targets; pass pairs "
@@ -218,7 +243,15 @@ def score_targets(
         except UnknownModelTypeError:
             spec = None
     device = model_device(model)
-    dtype = _model_dtype(model)
+    model_dtype = _model_dtype(model)
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"score_targets: unknown dtype {dtype!r}; use e.g. 'bfloat16'")
+        dtype = getattr(torch, dtype)
+    low = dtype is not None and dtype != model_dtype
+    if low and spec is None:
+        raise ValueError(f"score_targets: dtype={dtype} needs a ModelSpec for {type(model).__name__}; pass spec=")
+    dtype = dtype or model_dtype
     pad = pad_id(tokenizer)
     trie = _Trie()
     reads: list[list[int]] = []  # per pair: the node whose logits predict each target token
@@ -239,33 +272,42 @@ def score_targets(
     row_of = {id(row): r for r, row in enumerate(rows)}
     was_training = model.training
     model.eval()
+    head = get_module(model, spec.lm_head) if spec is not None else None
+    cast = (cast_parameters([model], dtype, exclude=list(head.parameters())) if low and head is not None
+            else contextlib.nullcontext())
+    low_weight = head.weight.detach().to(dtype) if low and head is not None else None
     try:
-        for batch in _batches(rows, max(1, batch_size), max_tokens):
-            w = max(len(r.nodes) for r in batch)
-            input_ids = torch.full((len(batch), w), pad, dtype=torch.long)
-            position_ids = torch.zeros((len(batch), w), dtype=torch.long)
-            for b, row in enumerate(batch):
-                input_ids[b, : len(row.nodes)] = torch.tensor([trie.token[n] for n in row.nodes])
-                position_ids[b, : len(row.nodes)] = torch.tensor([trie.depth[n] for n in row.nodes])
-            mask = _tree_mask(batch, w, dtype, device)
-            input_ids, position_ids = input_ids.to(device), position_ids.to(device)
-            local = {row_of[id(row)]: b for b, row in enumerate(batch)}
-            read_nodes = [n for n in needed if where[n][0] in local]
-            rows_t = torch.tensor([local[where[n][0]] for n in read_nodes], device=device)
-            cols_t = torch.tensor([where[n][1] for n in read_nodes], device=device)
-            if spec is not None:
-                with capture(model, outputs_of=[spec.final_norm], stop_after=spec.final_norm) as store:
-                    run_until_stopped(model, input_ids, mask, position_ids=position_ids)
-                hidden = store["out:" + spec.final_norm][rows_t, cols_t]  # (read positions, d_model)
-                logits = get_module(model, spec.lm_head)(hidden)  # (read positions, V)
-            else:
-                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                               use_cache=False).logits[rows_t, cols_t]
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (read positions, V)
-            top = logp.argmax(-1)
-            for i, node in enumerate(read_nodes):
-                for tok in needed[node]:
-                    node_nll[(node, tok)] = torch.stack([-logp[i, tok], (top[i] == tok).float()])
+        with cast:
+            for batch in _batches(rows, max(1, batch_size), max_tokens):
+                w = max(len(r.nodes) for r in batch)
+                input_ids = torch.full((len(batch), w), pad, dtype=torch.long)
+                position_ids = torch.zeros((len(batch), w), dtype=torch.long)
+                for b, row in enumerate(batch):
+                    input_ids[b, : len(row.nodes)] = torch.tensor([trie.token[n] for n in row.nodes])
+                    position_ids[b, : len(row.nodes)] = torch.tensor([trie.depth[n] for n in row.nodes])
+                mask = _tree_mask(batch, w, dtype, device)
+                input_ids, position_ids = input_ids.to(device), position_ids.to(device)
+                local = {row_of[id(row)]: b for b, row in enumerate(batch)}
+                read_nodes = [n for n in needed if where[n][0] in local]
+                rows_t = torch.tensor([local[where[n][0]] for n in read_nodes], device=device)
+                cols_t = torch.tensor([where[n][1] for n in read_nodes], device=device)
+                if spec is not None:
+                    kwargs: dict[str, object] = dict(position_ids=position_ids)
+                    if low:  # the (fp32, maybe output-tied) embedding, then the compute dtype
+                        kwargs["inputs_embeds"] = model.get_input_embeddings()(input_ids).to(dtype)
+                    with capture(model, outputs_of=[spec.final_norm], stop_after=spec.final_norm) as store:
+                        run_until_stopped(model, None if low else input_ids, mask, **kwargs)
+                    hidden = store["out:" + spec.final_norm][rows_t, cols_t]  # (read positions, d_model)
+                    logits = (_low_logits(head, low_weight, hidden, read_nodes, needed) if low
+                              else head(hidden))  # (read positions, V)
+                else:
+                    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                   use_cache=False).logits[rows_t, cols_t]
+                logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (read positions, V)
+                top = logp.argmax(-1)
+                for i, node in enumerate(read_nodes):
+                    for tok in needed[node]:
+                        node_nll[(node, tok)] = torch.stack([-logp[i, tok], (top[i] == tok).float()])
     finally:
         model.train(was_training)
     token_nll, token_correct = [], []

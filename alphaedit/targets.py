@@ -273,12 +273,15 @@ def compute_targets(
     layer: int | None = None,
     *,
     group_overhead_tokens: float | None = None,
+    history: list[dict[str, torch.Tensor]] | None = None,
 ) -> TargetResult:
     """Optimize z for all ``requests`` at block ``layer`` (default: the last edited layer).
 
     ``group_overhead_tokens``: the cost of one more forward per step, in suffix tokens, that the
     grouping of rows by length trades against padding (None: 16 on CPU, 1024 elsewhere, where a
     forward's fixed cost is larger). It changes the speed, not the result (beyond float rounding).
+    ``history``: when a list, one dict per evaluated step is appended (``loss``, ``nll``,
+    ``most_probable``, ``active``, each (u,); a request's values freeze once it stops).
     """
     if not requests:
         raise ValueError("compute_targets: no requests")
@@ -346,7 +349,7 @@ def compute_targets(
                                        float(group_overhead_tokens))
                 del clean
                 result = _optimize(model, spec, layer, hparams, groups, below, clean_is_tuple, h0, tokens_per_req,
-                                   u, d_model, dtype, device)
+                                   u, d_model, dtype, device, history)
     finally:
         model.train(was_training)
     delta, loss, nll, steps, most_probable = result
@@ -435,7 +438,7 @@ def _group_forward(model, spec, layer, group: _Group, act: torch.Tensor, delta_o
 
 
 def _optimize(model, spec, layer, hparams: EditHparams, groups: list[_Group], below, clean_is_tuple, h0,
-              tokens_per_req, u, d_model, dtype, device):
+              tokens_per_req, u, d_model, dtype, device, history=None):
     delta = torch.zeros(u, d_model, device=device, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     done = torch.zeros(u, dtype=torch.bool, device=device)
@@ -480,6 +483,9 @@ def _optimize(model, spec, layer, hparams: EditHparams, groups: list[_Group], be
         loss = torch.where(active, step_loss.detach(), loss)
         nll_all = torch.where(active, nll.detach(), nll_all)
         most_probable = torch.where(active, wrong == 0, most_probable)
+        if history is not None:
+            history.append({"loss": loss.clone(), "nll": nll_all.clone(), "most_probable": most_probable.clone(),
+                            "active": active.clone()})
         stop = step_loss.detach() < hparams.v_early_stop_loss
         if hparams.v_stop_most_probable:
             stop = stop | (wrong == 0)

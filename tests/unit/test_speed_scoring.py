@@ -68,3 +68,14 @@ def test_argmax_target_is_correct_and_shapes(tok):
     assert got.token_nll[0].shape == (len(tok(target, add_special_tokens=False).input_ids),)
     with pytest.raises(ValueError, match="pairs"):
         score_targets(model, tok, [prompt], [target, " Paris"])
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_bf16_scoring_is_close_and_restores_the_weights(tok, model_type):
+    model = tiny_model(model_type, len(tok))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    exact = score_targets(model, tok, PROMPTS, TARGETS)
+    low = score_targets(model, tok, PROMPTS, TARGETS, dtype="bfloat16")
+    assert float((low.nll - exact.nll).abs().max()) < 0.05
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
