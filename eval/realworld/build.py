@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.localtasks import task_yaml
 from eval.realworld.facts import (
     ARTICLE_OBJECTS,
     N_CANDIDATE_OBJECTS,
@@ -143,32 +144,10 @@ NEUTRAL_SENTENCES: tuple[str, ...] = (
 #: Generic generation prompts, mixed with the relation's templates (``{}`` = subject).
 GENERATION_PROMPTS: tuple[str, ...] = ("{} is", "{} is known for", "The history of {}", "People who visit {} often")
 
-KNOWLEDGE_TASK_YAML = """\
-# Knowledge probe (MMLU-like): questions about real facts of never-edited subjects, 4 choices.
-# data_files is relative to the repository root (the CWD of `ray job submit --working-dir .`);
-# eval.realworld.paths.task_configs() resolves it to an absolute path for in-process use.
-task: real_knowledge
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: eval/realworld/artifacts/probes/knowledge.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: answer
-num_fewshot: 0
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+KNOWLEDGE_TASK_YAML = task_yaml(
+    "real_knowledge", "eval/realworld/artifacts/probes/knowledge.jsonl",
+    "Knowledge probe (MMLU-like): questions about real facts of never-edited subjects, 4 choices.",
+    doc_to_text='"{{question}}"', doc_to_choice='"{{choices}}"', doc_to_target="answer", metrics=("acc", "acc_norm"))
 
 
 # --- serialisation --------------------------------------------------------------------------------

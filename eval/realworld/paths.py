@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ARTIFACTS_DIR / "manifest.json"
@@ -69,12 +67,7 @@ def load_manifest(artifacts_dir: Path = ARTIFACTS_DIR) -> dict[str, Any]:
 
 
 def task_configs(artifacts_dir: Path = ARTIFACTS_DIR, names: tuple[str, ...] = PROBE_TASKS) -> list[dict[str, Any]]:
-    """The real world's probe task YAMLs as dicts with absolute data paths (see the toy world's)."""
-    out = []
-    for name in names:
-        cfg = yaml.safe_load((artifacts_dir / "tasks" / f"{name}.yaml").read_text())
-        files = cfg["dataset_kwargs"]["data_files"]
-        for split, rel in files.items():
-            files[split] = str(artifacts_dir / Path(rel).relative_to(ARTIFACTS_DIR.relative_to(REPO_ROOT)))
-        out.append(cfg)
-    return out
+    """The real world's probe task YAMLs as dicts, data paths absolute (:func:`eval.localtasks.task_configs`)."""
+    from eval.localtasks import task_configs as local_task_configs
+
+    return local_task_configs(artifacts_dir, ARTIFACTS_DIR, names)

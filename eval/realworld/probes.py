@@ -17,6 +17,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from eval.localtasks import task_yaml
+
 # (singular, plural) nouns, attractors (prepositional phrases with a noun of the other number are
 # built from NOUNS), verbs as (singular, plural, rest of the sentence).
 NOUNS: tuple[tuple[str, str], ...] = (
@@ -71,51 +73,15 @@ def arithmetic_items(seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-GRAMMAR_YAML = """\
-# Agreement probe (BLiMP-like): the grammatical sentence must be the more likely one.
-# data_files is relative to the repository root; eval.realworld.paths.task_configs() makes it absolute.
-task: real_grammar
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: eval/realworld/artifacts/probes/grammar.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: ""
-doc_to_target: 0
-doc_to_choice: "{{[sentence_good, sentence_bad]}}"
-num_fewshot: 0
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+GRAMMAR_YAML = task_yaml(
+    "real_grammar", "eval/realworld/artifacts/probes/grammar.jsonl",
+    "Agreement probe (BLiMP-like): the grammatical sentence must be the more likely one.",
+    doc_to_text='""', doc_to_choice='"{{[sentence_good, sentence_bad]}}"', doc_to_target="0")
 
-ARITHMETIC_YAML = """\
-# Arithmetic probe: the 81 single-digit additions, worded, 4-way cloze.
-# data_files is relative to the repository root; eval.realworld.paths.task_configs() makes it absolute.
-task: real_arithmetic
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: eval/realworld/artifacts/probes/arithmetic.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: answer
-num_fewshot: 0
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+ARITHMETIC_YAML = task_yaml(
+    "real_arithmetic", "eval/realworld/artifacts/probes/arithmetic.jsonl",
+    "Arithmetic probe: the 81 single-digit additions, worded, 4-way cloze.",
+    doc_to_text='"{{question}}"', doc_to_choice='"{{choices}}"', doc_to_target="answer")
 
 
 def write_probe_files(artifacts_dir: Path, seed: int = 0) -> list[Path]:

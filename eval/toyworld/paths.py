@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ARTIFACTS_DIR / "model"
@@ -45,18 +43,8 @@ def load_manifest(artifacts_dir: Path = ARTIFACTS_DIR) -> dict[str, Any]:
 
 
 def task_configs(artifacts_dir: Path = ARTIFACTS_DIR, names: tuple[str, ...] = PROBE_TASKS) -> list[dict[str, Any]]:
-    """The probe task YAMLs as dicts for ``lm_eval.simple_evaluate(tasks=[...])``.
+    """The probe task YAMLs as dicts for ``lm_eval.simple_evaluate(tasks=[...])``, data paths absolute
+    (:func:`eval.localtasks.task_configs`)."""
+    from eval.localtasks import task_configs as local_task_configs
 
-    The YAML files name their data files relative to the repository root (so the lm-eval CLI
-    works from there, and so does a Ray job whose working dir is the repository). Here they are
-    made absolute, so in-process evaluation works from any working directory.
-    """
-    out = []
-    for name in names:
-        cfg = yaml.safe_load((artifacts_dir / "tasks" / f"{name}.yaml").read_text())
-        files = cfg["dataset_kwargs"]["data_files"]
-        for split, rel in files.items():
-            # "eval/toyworld/artifacts/probes/x.jsonl" -> <artifacts_dir>/probes/x.jsonl
-            files[split] = str(artifacts_dir / Path(rel).relative_to(ARTIFACTS_DIR.relative_to(REPO_ROOT)))
-        out.append(cfg)
-    return out
+    return local_task_configs(artifacts_dir, ARTIFACTS_DIR, names)

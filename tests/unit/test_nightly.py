@@ -87,7 +87,8 @@ def test_bad_thresholds_report_every_problem_at_once():
 
 def test_pinned_thresholds_file_is_valid_and_covers_the_nightly_metrics():
     t = nl.load_thresholds(REPO / "jobs" / "configs" / "nightly_thresholds.yaml")
-    for metric in (*names.COUNTERFACT_METRICS, "toy_knowledge.acc", "toy_acceptability.acc", "seconds_per_edit"):
+    for metric in (*names.COUNTERFACT_METRICS, "real_knowledge.acc", "real_grammar.acc", "real_arithmetic.acc",
+                   "seconds_per_edit"):
         assert any(fnmatch.fnmatchcase(metric, pattern) for pattern, _ in t.rules), f"no rule for {metric}"
     assert t.rule_for("seconds_per_edit").direction == "lower"
     assert all(t.rule_for(m).direction == "higher" for m in names.COUNTERFACT_METRICS)
