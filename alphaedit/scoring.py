@@ -31,13 +31,12 @@ targets, build the pairs with :func:`cross_pairs`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-import contextlib
 
 from alphaedit.hooks import capture, cast_parameters, run_until_stopped
 from alphaedit.models import ModelSpec, UnknownModelTypeError, get_module, spec_for

@@ -10,9 +10,10 @@ toy world's. Every figure is measured in this one run, on this machine:
 
 1. Key statistics over ``--docs`` documents: ours (one forward per batch hooking every edited layer,
    stopped after the last one; fp32 and ``--stats-dtype``) against the reference procedure (one full
-   forward per edited layer, output layer included); the projectors P = Û Ûᵀ of the ``--stats-dtype``
-   statistics against the fp32 ones (||P - P_fp32||_F / ||P_fp32||_F, kept fractions), and those of
-   FastMEMIT key budgets (``--budgets`` x d_k keys) against the full ones.
+   forward per edited layer, output layer included). Over ``--full-docs`` (default: the whole
+   corpus): the projectors P = Û Ûᵀ of the ``--stats-dtype`` statistics against the fp32 ones
+   (||P - P_fp32||_F / ||P_fp32||_F, kept fractions), and those of FastMEMIT key budgets
+   (``--budgets`` x d_k keys) against the full ones.
 2. Targets z for ``--edits`` requests: ours (all requests optimized together, fp32 and ``--v-dtype``)
    against the reference's per-request fp32 ``compute_z`` (full forward of every prompt and the
    output layer at every position in every step), run on ``--reference-edits`` requests and given
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 from alphaedit import compute_key_stats, compute_targets, preset, spec_for  # noqa: E402
 from alphaedit.editor import compute_deltas  # noqa: E402
 from alphaedit.hooks import add_at_positions  # noqa: E402
-from alphaedit.models import get_module, load_model, resolve_device  # noqa: E402
+from alphaedit.models import load_model, resolve_device  # noqa: E402
 from alphaedit.projector import kept_fraction, null_space_projector  # noqa: E402
 from alphaedit.prompts import request_prompts, subject_prompts  # noqa: E402
 from alphaedit.state import apply_deltas, restore_weights, snapshot_weights  # noqa: E402
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=int, default=100, help="requests for the targets benchmark (one batch)")
     p.add_argument("--reference-edits", type=int, default=5,
                    help="requests run through the per-request reference compute_z (timed, given per 100)")
-    p.add_argument("--quality-docs", type=int, default=1000, help="corpus documents for the quality section's projectors")
+    p.add_argument("--full-docs", type=int, default=100_000,
+                   help="corpus documents for the projectors (fp32 vs low dtype, FastMEMIT, the quality section)")
     p.add_argument("--eval-records", type=int, default=100, help="CounterFact records for the evaluation benchmark")
     p.add_argument("--eval-reference-records", type=int, default=25,
                    help="records scored by one forward per pair (timed, given per 100 records)")
     p.add_argument("--v-dtype", default="bfloat16", help="targets dtype compared with fp32")
     p.add_argument("--stats-dtype", default="bfloat16", help="statistics forward dtype compared with fp32")
+    p.add_argument("--eval-dtype", default="bfloat16", help="opt-in scoring dtype compared with the exact fp32")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override an EditHparams field (JSON value), e.g. --set v_lr=0.5")
     p.add_argument("--device", default="auto")
@@ -124,17 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, threads {torch.get_num_threads()}, model {model_path}, layers {list(hp.layers)}, "
           f"dataset {dataset}, corpus {corpus}")
 
+    projectors = None
     if "stats" not in skip:
-        bench_stats(model, tok, spec, hp, corpus, args, device, figures)
+        projectors = bench_stats(model, tok, spec, hp, corpus, args, device, figures)
     records = json.loads(Path(dataset).read_text())
     if "targets" not in skip:
-        projectors = None
-        if "quality" not in skip:
+        if "quality" in skip:
+            projectors = None
+        elif projectors is None:
             from alphaedit.editor import preservation_stats, projectors_from_stats
-            texts = read_texts(corpus, args.quality_docs)
-            with Timer(device) as t:
-                projectors = projectors_from_stats(preservation_stats(model, tok, texts, hp, spec), hp, device)
-            print(f"quality projectors: statistics of {len(texts)} docs, {t.s:.2f}s")
+            texts = read_texts(corpus, args.full_docs)
+            projectors = projectors_from_stats(preservation_stats(model, tok, texts, hp, spec), hp, device)
         bench_targets(model, tok, spec, hp, records, args, device, figures, projectors)
     if "eval" not in skip:
         bench_eval(model, tok, dataset, args, device, figures)
@@ -175,7 +178,9 @@ def full_pass_stats(model, tok, texts, spec, layer, kw):
     return acc
 
 
-def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> None:
+def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> dict[int, torch.Tensor]:
+    """Timing on ``--docs`` documents; projectors over ``--full-docs`` (fp32, the low dtype, FastMEMIT
+    budgets). Returns the fp32 projectors of the full statistics (used by the quality section)."""
     texts = read_texts(corpus, args.docs)
     layers = list(hp.layers)
     kw = dict(max_length=hp.mom2_max_length, batch_size=hp.mom2_batch_size, accumulate_on=device)
@@ -183,7 +188,7 @@ def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> None:
     with Timer(device) as t:
         ours = compute_key_stats(model, tok, texts, spec, layers, **kw)
     with Timer(device) as t_low:
-        low = compute_key_stats(model, tok, texts, spec, layers, forward_dtype=args.stats_dtype, **kw)
+        compute_key_stats(model, tok, texts, spec, layers, forward_dtype=args.stats_dtype, **kw)
     with Timer(device) as t_ref:
         ref = {layer: full_pass_stats(model, tok, texts, spec, layer, kw) for layer in layers}
     n_keys = ours[layers[0]].count
@@ -195,27 +200,36 @@ def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> None:
     figures.update(stats_docs=len(texts), stats_keys_per_layer=n_keys, stats_ours_s=t.s, stats_ours_low_s=t_low.s,
                    stats_reference_s=t_ref.s, stats_speedup=t_ref.s / t.s, stats_speedup_low=t_ref.s / t_low.s,
                    stats_keys_per_s=n_keys / t.s)
-    overlap, kept, kept_low = {}, {}, {}
-    projectors = {}
+
+    full_texts = read_texts(corpus, args.full_docs)
+    with Timer(device) as t_full:
+        full = compute_key_stats(model, tok, full_texts, spec, layers, **kw)
+    with Timer(device) as t_full_low:
+        full_low = compute_key_stats(model, tok, full_texts, spec, layers, forward_dtype=args.stats_dtype, **kw)
+    n_full = full[layers[0]].count
+    print(f"projectors over {len(full_texts)} docs ({n_full} keys/layer; one pass fp32 {t_full.s:.2f}s, "
+          f"{args.stats_dtype} {t_full_low.s:.2f}s), threshold {hp.nullspace_threshold} ({hp.threshold_mode}):")
+    overlap, kept, kept_low, projectors = {}, {}, {}, {}
     for la in layers:
-        p32 = null_space_projector(ours[la].mean(), hp.nullspace_threshold, hp.threshold_mode)
-        p16 = null_space_projector(low[la].mean(), hp.nullspace_threshold, hp.threshold_mode)
+        p32 = null_space_projector(full[la].mean(), hp.nullspace_threshold, hp.threshold_mode)
+        p16 = null_space_projector(full_low[la].mean(), hp.nullspace_threshold, hp.threshold_mode)
         projectors[la] = p32
         overlap[la] = float((p16 - p32).norm() / p32.norm().clamp_min(1e-30))
         kept[la], kept_low[la] = kept_fraction(p32), kept_fraction(p16)
         print(f"  layer {la}: kept fraction fp32 {kept[la]:.4f}, {args.stats_dtype} {kept_low[la]:.4f}; "
               f"||P_{args.stats_dtype} - P_fp32||_F / ||P_fp32||_F = {overlap[la]:.2e}")
-    figures.update(projector_rel_diff_low=overlap, kept_fraction_fp32=kept, kept_fraction_low=kept_low)
-    budgets = [float(x) for x in args.budgets.split(",") if x.strip()]
+    figures.update(stats_full_docs=len(full_texts), stats_full_keys=n_full, stats_full_fp32_s=t_full.s,
+                   stats_full_low_s=t_full_low.s, projector_rel_diff_low=overlap, kept_fraction_fp32=kept,
+                   kept_fraction_low=kept_low)
     from alphaedit.stats import key_budget
     fast = {}
-    for m in budgets:
+    for m in [float(x) for x in args.budgets.split(",") if x.strip()]:
         budget = key_budget(model, spec, layers, m)
-        if budget >= n_keys:
-            print(f"  FastMEMIT budget {m:g} x d_k = {budget} keys >= the {n_keys} keys of the corpus: skipped")
+        if budget >= n_full:
+            print(f"  FastMEMIT budget {m:g} x d_k = {budget} keys >= the {n_full} keys of the corpus: skipped")
             continue
         with Timer(device) as tb:
-            part = compute_key_stats(model, tok, texts, spec, layers, max_keys=budget, **kw)
+            part = compute_key_stats(model, tok, full_texts, spec, layers, max_keys=budget, **kw)
         diffs = {}
         for la in layers:
             pb = null_space_projector(part[la].mean(), hp.nullspace_threshold, hp.threshold_mode)
@@ -225,6 +239,7 @@ def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> None:
         print(f"  FastMEMIT budget {m:g} x d_k = {budget} keys ({tb.s:.2f}s): ||P_budget - P_full||_F / ||P_full||_F "
               + ", ".join(f"L{la} {d:.3f} (kept {k:.3f})" for la, (d, k) in diffs.items()))
     figures["fastmemit"] = fast
+    return {la: p.to(device=device, dtype=torch.float32) for la, p in projectors.items()}
 
 
 # --- 2. targets --------------------------------------------------------------------------------------
@@ -394,6 +409,15 @@ def bench_eval(model, tok, dataset, args, device, figures) -> None:
     counterfact_probability_scores(model, tok, records[:2])  # warm-up
     with Timer(device) as t:
         counterfact_probability_scores(model, tok, records)
+    n = len(prompts)
+    exact = score_targets(model, tok, prompts + prompts, news + trues).nll
+    with Timer(device) as t_low:
+        low = score_targets(model, tok, prompts + prompts, news + trues, dtype=args.eval_dtype).nll
+    flips = float(((exact[:n] < exact[n:]) != (low[:n] < low[n:])).float().mean())
+    print(f"eval {args.eval_dtype} (opt-in): {t_low.s * 100 / len(records):.2f}s/100 records, max |NLL - fp32 NLL| "
+          f"{float((low - exact).abs().max()):.1e}, probability-test outcomes that differ {flips * 100:.2f}%")
+    figures.update(eval_low_s_per_100_records=t_low.s * 100 / len(records),
+                   eval_low_max_nll_diff=float((low - exact).abs().max()), eval_low_flipped_tests=flips)
     k = min(args.eval_reference_records, len(records))
     n_ref = sum(1 + len(r.paraphrase_prompts) + len(r.neighborhood_prompts) for r in records[:k])
     pairs_p, pairs_t = prompts[:n_ref] * 2, news[:n_ref] + trues[:n_ref]
