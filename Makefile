@@ -1,5 +1,5 @@
 # Quickstart targets (see README). Everything runs inside a project-local virtual environment.
-#   make demo   set up, then run the main job (jobs/sweep.py, the toy-world demo) on a local Ray
+#   make demo   set up (incl. the real model install), then run the main job (jobs/sweep.py, the real-world demo) on a local Ray
 #   make test   set up, then run the default test tiers (unit + integration)
 # On a GPU machine, install with `make setup CONSTRAINTS=` to keep your own torch build.
 
