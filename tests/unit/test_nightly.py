@@ -308,6 +308,6 @@ def test_nightly_config_hash_ignores_where_results_go():
 
     a = load_config(nightly.DEFAULT_CONFIG, ["sweep_id=nightly-2026-11-20", "results=/a/r.duckdb"])
     b = load_config(nightly.DEFAULT_CONFIG, ["sweep_id=nightly-2026-11-21", "artifact_root=/b"])
-    c = load_config(nightly.DEFAULT_CONFIG, ["sweep_id=nightly-2026-11-21", "n_edits=[100]"])
+    c = load_config(nightly.DEFAULT_CONFIG, ["sweep_id=nightly-2026-11-21", "n_edits=[50]"])
     assert nightly.nightly_config_hash(a) == nightly.nightly_config_hash(b) != nightly.nightly_config_hash(c)
     assert a.sweep_id and load_config(nightly.DEFAULT_CONFIG).sweep_id is None  # nightly.py names the sweep
