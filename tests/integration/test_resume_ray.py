@@ -156,7 +156,7 @@ def test_killed_driver_resumes_with_resume_flag(reference) -> None:
 
     tmp, cfg, ref = reference
     sets, _ = _config(tmp, "driver.duckdb")
-    cmd = [sys.executable, str(REPO / "jobs" / "sweep.py"), "--address", "local", "--num-cpus", "2",
+    cmd = [sys.executable, str(REPO / "jobs" / "sweep.py"), "--config", str(TOY_CONFIG_PATH), "--address", "local", "--num-cpus", "2",
            *[a for s in sets for a in ("--set", s)]]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")

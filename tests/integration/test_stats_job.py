@@ -11,9 +11,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_stats_job_computes_then_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cluster.config import TOY_CONFIG_PATH
     from jobs.stats import main
 
-    argv = ["--address", "local", "--num-cpus", "2",
+    argv = ["--config", str(TOY_CONFIG_PATH), "--address", "local", "--num-cpus", "2",
             "--set", f"results={tmp_path / 'r.duckdb'}", "--set", f"artifact_root={tmp_path / 'artifacts'}",
             "--set", "hparams_overrides=[{mom2_n_samples: 120}]", "--set", "stats_shards=2"]
     assert main(argv) == 0
