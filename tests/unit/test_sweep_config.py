@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.config import DEFAULT_CONFIG_PATH, TOY_CONFIG_PATH, SweepConfigError, apply_override, load_config, parse_config
+from cluster.config import (
+    DEFAULT_CONFIG_PATH,
+    TOY_CONFIG_PATH,
+    SweepConfigError,
+    apply_override,
+    load_config,
+    parse_config,
+)
 
 
 def raw_default() -> dict:
