@@ -236,6 +236,9 @@ def score_targets(
     for i, ids in enumerate(prompt_ids):
         if not ids:
             raise ValueError(f"score_targets: prompt {i} ({prompts[i]!r}) tokenizes to no tokens")
+    if not prompts:
+        return TargetScores(nll=torch.zeros(0), token_nll=[], argmax_correct=torch.zeros(0, dtype=torch.bool),
+                            token_correct=[])
     if spec is None:
         try:
             spec = spec_for(model)

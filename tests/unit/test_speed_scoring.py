@@ -79,3 +79,8 @@ def test_bf16_scoring_is_close_and_restores_the_weights(tok, model_type):
     assert float((low.nll - exact.nll).abs().max()) < 0.05
     for n, p in model.named_parameters():
         assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+
+
+def test_no_pairs(tok):
+    got = score_targets(tiny_model("gpt2", len(tok)), tok, [], [])
+    assert got.nll.shape == (0,) and got.token_nll == []
