@@ -71,8 +71,10 @@ def test_hparams_for_keeps_alphaedit_and_memit_and_adds_method_defaults():
 
     for preset in PRESETS:
         assert hparams_for(preset, "alphaedit") == PRESETS[preset]
-        memit = PRESETS[preset].replace(mom2_update_weight=100.0) if preset == "toy" else PRESETS[preset]
-        assert hparams_for(preset, "memit") == memit  # the toy preset calibrates MEMIT's λ
+        calibrated = {"toy": 100.0, "smollm2": 2000.0}  # the embedded worlds calibrate MEMIT's λ
+        memit = (PRESETS[preset].replace(mom2_update_weight=calibrated[preset]) if preset in calibrated
+                 else PRESETS[preset])
+        assert hparams_for(preset, "memit") == memit
         assert hparams_for(preset, "memit", l2=3.0) == memit.replace(l2=3.0)
         for wrapper in ("prune", "rect", "prune+proj", "rect+proj"):  # they wrap MEMIT (AlphaEdit with P)
             assert hparams_for(preset, wrapper) == memit
