@@ -247,7 +247,8 @@ def bench_stats(model, tok, spec, hp, corpus, args, device, figures) -> dict[int
 def reference_compute_z(model, tok, spec, request, templates, hp) -> torch.Tensor:
     """The reference's compute_z for one request, fp32: every step a full forward of the T rewriting
     prompts and the KL prompt, δ added at the lookup token of block L, the output layer at every
-    position; Adam, the clamp and the early stop as in the reference."""
+    position; Adam, the clamp and the early stop as in the reference (plus ENCORE's most-probable
+    stop when ``hp`` asks for it, so that both sides optimize the same thing)."""
     layer = hp.layers[-1]
     flat = flat_templates(templates)
     device = next(model.parameters()).device
@@ -282,7 +283,10 @@ def reference_compute_z(model, tok, spec, request, templates, hp) -> torch.Tenso
                 log_p0 = log_p.detach()
             kl_term = (log_p.exp() * (log_p - log_p0)).sum()
             loss = nll + hp.kl_factor * kl_term + hp.v_weight_decay * delta.norm() / h0.norm() ** 2
-            if float(loss.detach()) < hp.v_early_stop_loss or it == hp.v_num_grad_steps - 1:
+            stop = float(loss.detach()) < hp.v_early_stop_loss
+            if hp.v_stop_most_probable:  # ENCORE's rule, when the compared configuration uses it
+                stop = stop or bool((log_probs[lab_rows, lab_pos].argmax(-1) == lab_tok).all())
+            if stop or it == hp.v_num_grad_steps - 1:
                 break
             opt.zero_grad()
             loss.backward()
