@@ -310,6 +310,19 @@ def load_attribute_snippets(source: str | os.PathLike[str] = "attribute_snippets
     return out
 
 
+def fit_tfidf(snippets: Sequence[Mapping[str, Any]]) -> tuple[dict[str, int], Any]:
+    """(tfidf_vocab, idf) fitted on every snippet text, as the reference code rebuilds them when its
+    files are missing: the inputs :func:`load_tfidf` reads back (the embedded worlds' builders write them)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [sample["text"] for rec in snippets for sample in rec["samples"]]
+    vec = TfidfVectorizer()
+    vec.fit(texts)
+    vocab = {term: int(col) for term, col in sorted(vec.vocabulary_.items())}
+    return vocab, np.asarray(vec.idf_, dtype=np.float64)
+
+
 def load_tfidf(vocab_source: str | os.PathLike[str] = "tfidf_vocab", idf_source: str | os.PathLike[str] = "idf",
                *, cache_dir: str | os.PathLike[str] | None = None, download: bool = True):
     """sklearn ``TfidfVectorizer(vocabulary=tfidf_vocab.json)`` with ``idf_`` from ``idf.npy``.

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.datasets import fit_tfidf
 from eval.localtasks import task_yaml
 from eval.realworld.facts import (
     ARTICLE_OBJECTS,
@@ -613,17 +614,6 @@ def attribute_snippets(split: _Split) -> list[dict[str, Any]]:
     return out
 
 
-def tfidf_files(snippets: list[dict[str, Any]]) -> tuple[dict[str, int], np.ndarray]:
-    """(tfidf_vocab, idf) fitted on all snippet texts, as the reference code rebuilds them."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = [sample["text"] for rec in snippets for sample in rec["samples"]]
-    vec = TfidfVectorizer()
-    vec.fit(texts)
-    vocab = {term: int(col) for term, col in sorted(vec.vocabulary_.items())}
-    return vocab, np.asarray(vec.idf_, dtype=np.float64)
-
-
 #: How a knowledge item asks: a question/answer prompt (lm-eval scores " " + choice after it).
 KNOWLEDGE_PROMPT = "Question: {question}\nAnswer:"
 
@@ -665,7 +655,7 @@ def generate_dataset_files(doc: Mapping[str, Any], seed: int = 0) -> tuple[dict[
     cf = counterfact(split, seed)
     zs = zsre(split, seed)
     snippets = attribute_snippets(split)
-    vocab, idf = tfidf_files(snippets)
+    vocab, idf = fit_tfidf(snippets)
     probe = knowledge_probe(split, seed)
     files = {
         "counterfact.json": dumps(cf),

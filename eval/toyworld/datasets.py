@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.datasets import fit_tfidf
 from eval.toyworld.world import Relation, Subject, World, biography, filler_sentence, object_id
 
 N_PARAPHRASE = 2
@@ -143,17 +144,6 @@ def attribute_snippets(world: World, wiki_rows: list[dict[str, Any]]) -> list[di
                 }
             )
     return out
-
-
-def tfidf_files(snippets: list[dict[str, Any]]) -> tuple[dict[str, int], np.ndarray]:
-    """(tfidf_vocab, idf) fitted on all snippet texts, as the reference code rebuilds them."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = [sample["text"] for rec in snippets for sample in rec["samples"]]
-    vec = TfidfVectorizer()
-    vec.fit(texts)
-    vocab = {term: int(col) for term, col in sorted(vec.vocabulary_.items())}
-    return vocab, np.asarray(vec.idf_, dtype=np.float64)
 
 
 def zsre(world: World) -> list[dict[str, Any]]:
@@ -338,7 +328,7 @@ def generate_files(world: World) -> dict[str, bytes]:
     """Every dataset file of the toy world as {relative path: bytes}. Pure and deterministic."""
     wiki_rows = wiki(world)
     snippets = attribute_snippets(world, wiki_rows)
-    vocab, idf = tfidf_files(snippets)
+    vocab, idf = fit_tfidf(snippets)
     files = {
         "world.json": dumps(world_json(world)),
         "wiki.jsonl": dumps_jsonl(wiki_rows),
