@@ -41,7 +41,7 @@ def mlp_name(spec: ModelSpec, layer: int) -> str:
 
 def embedding_noise_std(model: nn.Module) -> float:
     """The mean per-dimension std of the input embedding rows (ROME scales its noise by this)."""
-    return float(model.get_input_embeddings().weight.float().std(dim=0).mean())
+    return float(model.get_input_embeddings().weight.detach().float().std(dim=0).mean())
 
 
 @torch.no_grad()

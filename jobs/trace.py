@@ -25,13 +25,18 @@ from alphaedit.trace import embedding_noise_std, trace_fact
 
 
 def subject_span(tok, prompt: str, subject: str) -> tuple[list[int], tuple[int, int]]:
-    """Token ids of ``prompt`` filled with ``subject`` and the subject's [start, end) positions."""
-    prefix = prompt.split("{}")[0]
-    ids = tok(prompt.format(subject), add_special_tokens=True).input_ids
-    start = len(tok(prefix.rstrip(), add_special_tokens=True).input_ids) if prefix.strip() else \
-        len(tok("", add_special_tokens=True).input_ids)
-    end = len(tok(prefix + subject, add_special_tokens=True).input_ids)
-    return ids, (start, end)
+    """Token ids of ``prompt`` filled with ``subject`` and the subject's [start, end) positions.
+
+    The end is the editing path's own lookup (:func:`alphaedit.prompts.subject_prompts`: the
+    subject's last token + 1); the start is where the tokens of the prefix before "{}" end.
+    """
+    from alphaedit.prompts import subject_prompts
+    from alphaedit.tokens import encode
+
+    (sp,) = subject_prompts(tok, [prompt], [subject])
+    prefix = prompt[: prompt.index("{}")].rstrip()
+    start = len(encode(tok, [prefix])[0])
+    return sp.ids, (min(start, sp.lookup), sp.lookup + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
