@@ -2,9 +2,10 @@
 
 ``score_targets(model, tokenizer, prompts, targets)`` scores pair i = (prompts[i], targets[i]):
 the input is tokens(prompt) (special tokens as the tokenizer adds them, e.g. Llama's BOS) followed by
-tokens(target) (no special tokens). For each pair it returns the per-token NLL of the target tokens,
-their mean (the CounterFact probability test compares these means: efficacy is mean NLL(true) >
-mean NLL(new)), and whether every target token is the argmax (the CounterFact "acc" / zsRE
+the target's tokens as they continue the prompt (:func:`alphaedit.tokens.continuation_ids`: prompt +
+target tokens = tokens of the joined string, so a SentencePiece tokenizer adds no spurious "▁").
+For each pair it returns the per-token NLL of the target tokens, their mean (the CounterFact
+probability test compares these means: efficacy is mean NLL(true) > mean NLL(new)), and whether every target token is the argmax (the CounterFact "acc" / zsRE
 token-accuracy building block).
 
 How it is computed (the result is that of one forward per pair, up to float rounding):
@@ -40,7 +41,7 @@ from torch import nn
 
 from alphaedit.hooks import capture, cast_parameters, run_until_stopped
 from alphaedit.models import ModelSpec, UnknownModelTypeError, get_module, spec_for
-from alphaedit.tokens import encode, model_device, pad_id
+from alphaedit.tokens import continuation_ids, encode, model_device, pad_id
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def score_targets(
         raise ValueError(f"score_targets: {len(prompts)} prompts but {len(targets)} targets; pass pairs "
                          "(see cross_pairs for a cross product)")
     prompt_ids = encode(tokenizer, prompts)
-    target_ids = encode(tokenizer, targets, add_special_tokens=False)
+    target_ids = continuation_ids(tokenizer, prompts, targets, prompt_ids=prompt_ids)
     for i, ids in enumerate(target_ids):
         if not ids:
             raise ValueError(f"score_targets: target {i} ({targets[i]!r}) tokenizes to no tokens")

@@ -58,9 +58,9 @@ from alphaedit.hooks import (
 from alphaedit.hparams import EditHparams
 from alphaedit.models import ModelSpec, get_module, n_layers
 from alphaedit.prompts import request_prompts, subject_prompts
-from alphaedit.requests import EditRequest
+from alphaedit.requests import EditRequest, fill_subject
 from alphaedit.templates import Templates, flat_templates
-from alphaedit.tokens import encode, model_device, pad_id, right_pad
+from alphaedit.tokens import continuation_ids, model_device, pad_id, right_pad
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,9 @@ def compute_targets(
     if group_overhead_tokens is None:
         group_overhead_tokens = 16 if device.type == "cpu" else 1024
 
-    target_ids = [encode(tokenizer, [r.target_new], add_special_tokens=False)[0] for r in requests]
+    # The target's tokens as they continue the bare prompt (no spurious SentencePiece "▁"; see continuation_ids).
+    target_ids = continuation_ids(tokenizer, [fill_subject(r.prompt, r.subject) for r in requests],
+                                  [r.target_new for r in requests])
     for r, ids in zip(requests, target_ids, strict=True):
         if not ids:
             raise ValueError(f"case_id={r.case_id!r}: target_new {r.target_new!r} tokenizes to no tokens")

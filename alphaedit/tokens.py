@@ -50,3 +50,34 @@ def right_pad(ids: Sequence[Sequence[int]], pad: int, device: torch.device | str
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def continuation_ids(tokenizer, prompts: Sequence[str], continuations: Sequence[str], *,
+                     prompt_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """Token ids of ``continuations[i]`` as the model reads them after ``prompts[i]``.
+
+    The ids are the tail of ``tokens(prompts[i] + continuations[i])`` after ``tokens(prompts[i])``, so
+    prompt ids + continuation ids equal the ids of the joined string. Tokenizing the continuation on
+    its own (the reference's ``tok(" " + target)``) gives the same ids for byte-level BPE (GPT-2,
+    GPT-J, Llama-3, Qwen, SmolLM2), but a SentencePiece tokenizer (Llama-2, Mistral) prepends a "▁"
+    to any text it starts, so ``" Paris"`` alone becomes ``["▁", "▁Paris"]`` and every target gets a
+    spurious first token. Where the joined string's ids do not extend the prompt's ids (a merge across
+    the boundary), the continuation is tokenized on its own, as the reference does.
+    ``prompt_ids``: ``encode(tokenizer, prompts)`` when the caller has it already.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"continuation_ids: {len(prompts)} prompts but {len(continuations)} continuations")
+    if not prompts:
+        return []
+    head = encode(tokenizer, prompts) if prompt_ids is None else [list(h) for h in prompt_ids]
+    joined = encode(tokenizer, [p + c for p, c in zip(prompts, continuations, strict=True)])
+    alone = None
+    out: list[list[int]] = []
+    for i, (h, j) in enumerate(zip(head, joined, strict=True)):
+        if len(j) > len(h) and j[: len(h)] == h:
+            out.append(j[len(h):])
+            continue
+        if alone is None:
+            alone = encode(tokenizer, continuations, add_special_tokens=False)
+        out.append(alone[i])
+    return out
