@@ -18,7 +18,9 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from alphaedit.fields import Range, instance_problems
 
 ThresholdMode = Literal["absolute", "relative"]
 #: Suffix of a method name that switches AlphaEdit's null-space projection P on (``rome+proj``).
@@ -31,6 +33,28 @@ METHODS: tuple[str, ...] = ("alphaedit", "memit") + tuple(
 RomeKeyMode = Literal["r_rome", "original", "p_rome", "shared"]
 
 
+class HparamsError(ValueError):
+    """Invalid editing hyper-parameters; ``problems`` lists every one (``EditHparams.<field>: ...``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def _as_layers(layers: object) -> tuple[object, ...]:
+    """Layer indices as a tuple; numpy integers become ints, anything else is left for the check."""
+    import operator
+
+    items = tuple(layers) if isinstance(layers, list | tuple | range) else (layers,)
+    out = []
+    for x in items:
+        try:
+            out.append(x if isinstance(x, bool) else operator.index(x))
+        except TypeError:
+            out.append(x)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class EditHparams:
     # --- where to edit -------------------------------------------------------------------------
@@ -39,7 +63,7 @@ class EditHparams:
     # (the prompt's last token; MEMIT's codebase names it, AlphaEdit's crashes on it).
     fact_token: Literal["subject_last", "last"] = "subject_last"
     # --- target values z (compute_z), reference defaults for gpt2-xl ---------------------------
-    v_num_grad_steps: int = 20  # iterations; the last only evaluates, so at most steps-1 Adam updates
+    v_num_grad_steps: Annotated[int, Range(ge=1)] = 20  # iterations; the last only evaluates, so at most steps-1 Adam updates
     v_lr: float = 0.5
     v_weight_decay: float = 0.5  # weight of ||δ|| / ||h0||² (plain norm over squared norm, as in the code)
     clamp_norm_factor: float = 0.75  # ||δ|| <= clamp_norm_factor * ||h0|| after each step
@@ -48,9 +72,9 @@ class EditHparams:
     v_early_stop_loss: float = 0.05  # a request stops when its loss is below this
     # --- context templates (prefix augmentation) -----------------------------------------------
     template_prefixes: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
-    template_samples_per_prefix: int = 1
-    template_length: int = 10  # total tokens of a sampled prefix, prompt (and BOS) included
-    template_top_k: int = 5
+    template_samples_per_prefix: Annotated[int, Range(ge=1)] = 1
+    template_length: Annotated[int, Range(ge=1)] = 10  # total tokens of a sampled prefix, prompt (and BOS) included
+    template_top_k: Annotated[int, Range(ge=1)] = 5
     template_seed: int = 0  # the reference sets no seed; we do, for reproducibility
     # --- null-space projector (AlphaEdit) -------------------------------------------------------
     nullspace_threshold: float = 2e-2  # on the *mean* second moment E[k kᵀ] (reference code)
@@ -66,12 +90,12 @@ class EditHparams:
     mom2_update_weight: float = 20000.0  # MEMIT's λ on C0 = E[k kᵀ]; unused by AlphaEdit
     solve_dtype: Literal["float32", "float64"] = "float64"  # MEMIT's code solves in fp64, AlphaEdit's in fp32
     # --- key statistics --------------------------------------------------------------------------
-    mom2_n_samples: int = 100_000  # number of corpus documents (the reference counts articles)
-    mom2_max_length: int = 1024  # tokens per document (truncation); reference: model context
-    mom2_batch_size: int = 16  # documents per forward pass
-    key_budget_multiplier: float | None = None  # FastMEMIT: stop after multiplier * d_k keys
+    mom2_n_samples: Annotated[int, Range(ge=1)] = 100_000  # number of corpus documents (the reference counts articles)
+    mom2_max_length: Annotated[int, Range(ge=1)] = 1024  # tokens per document (truncation); reference: model context
+    mom2_batch_size: Annotated[int, Range(ge=1)] = 16  # documents per forward pass
+    key_budget_multiplier: Annotated[float, Range(gt=0)] | None = None  # FastMEMIT: stop after multiplier * d_k keys
     # --- batching of the prompt forwards ---------------------------------------------------------
-    prompt_batch_size: int = 512  # rows per forward when computing keys over template prompts
+    prompt_batch_size: Annotated[int, Range(ge=1)] = 512  # rows per forward when computing keys over template prompts
     # --- method family (alphaedit.methods; methods.md) ------------------------------------------
     # ROME (methods.md §2.4): which key/residual enter Δ = r ũᵀ / (ũᵀ k). "r_rome" (r-ROME code
     # default, the paper's Eq. 2: (W+Δ)k* = v*), "original" (kmeng01/rome: denominator and residual
@@ -84,20 +108,20 @@ class EditHparams:
     # EMMET ridge ρ on Kᵀ C0⁻¹ K, C0 = E[k kᵀ] unscaled: ρ = mom2_update_weight × emmet_lambda of the
     # reference (methods.md §3.1). Default: GPT2-XL in scalable-model-editing/unified-model-editing
     # (1000 × 0.1).
-    emmet_ridge: float = 100.0
+    emmet_ridge: Annotated[float, Range(ge=0)] = 100.0
     # The EMMET reference adds the ridge only when a batch has more than one edit; EasyEdit always.
     emmet_ridge_single_edit: bool = False
     # μ in C0 + μ I before C0 is inverted (ROME, EMMET); the reference's update_norm_lambda / λ_m.
-    cov_ridge: float = 0.0
+    cov_ridge: Annotated[float, Range(ge=0)] = 0.0
     # PRUNE (methods.md §4): F(σ) = σ_max + log_α(σ / σ_max) for singular values σ >= σ_max(W_0) of
     # the accumulated edit ("log", α = prune_alpha), or (σ + σ_max) / 2 ("linear").
-    prune_alpha: float = math.e
+    prune_alpha: Annotated[float, Range(gt=1)] = math.e  # log base
     prune_function: Literal["log", "linear"] = "log"
     # "shadow" (official protocol): edit on W_0 + Δ_raw, the model holds W_0 + F(Δ_raw);
     # "in_loop": Δ_raw := F(Δ_raw) after every batch, so later edits see the restrained model.
     prune_mode: Literal["shadow", "in_loop"] = "shadow"
     # RECT (methods.md §5): keep the top rect_top_percent % of entries of Δ by |Δ| / (|W| + ε).
-    rect_top_percent: float = 40.0
+    rect_top_percent: Annotated[float, Range(gt=0, le=100)] = 40.0
     rect_eps: float = 1e-8
     # With the projection: M ⊙ (ΔP) then P again ("mask_then_project", keeps Δ = ΔP) or M ⊙ (ΔP) as
     # is ("project_then_mask", exact sparsity, loses Δ K0 ≈ 0; methods.md §5.3).
@@ -120,44 +144,18 @@ class EditHparams:
     stats_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     def __post_init__(self) -> None:
-        layers = tuple(int(x) for x in self.layers)
-        if not layers:
-            raise ValueError("EditHparams.layers: at least one edited layer is required")
-        if list(layers) != sorted(set(layers)):
-            raise ValueError(f"EditHparams.layers must be strictly ascending without repeats, got {layers}")
-        object.__setattr__(self, "layers", layers)
+        """Lists become tuples; then every field is checked against its type, ``Literal`` and bounds
+        (NaN and inf are errors), and :class:`HparamsError` lists every problem at once."""
+        object.__setattr__(self, "layers", _as_layers(self.layers))
         object.__setattr__(self, "template_prefixes", tuple(self.template_prefixes))
-        if self.threshold_mode not in ("absolute", "relative"):
-            raise ValueError(f"EditHparams.threshold_mode must be 'absolute' or 'relative', got {self.threshold_mode!r}")
-        if self.fact_token not in ("subject_last", "last"):
-            raise ValueError(f"EditHparams.fact_token must be 'subject_last' or 'last', got {self.fact_token!r}")
-        if self.solve_dtype not in ("float32", "float64"):
-            raise ValueError(f"EditHparams.solve_dtype must be 'float32' or 'float64', got {self.solve_dtype!r}")
-        for name in ("v_dtype", "stats_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"EditHparams.{name} must be 'float32', 'bfloat16' or 'float16', "
-                                 f"got {getattr(self, name)!r}")
-        if not isinstance(self.v_stop_most_probable, bool):
-            raise ValueError(f"EditHparams.v_stop_most_probable must be a bool, got {self.v_stop_most_probable!r}")
-        if self.v_num_grad_steps < 1:
-            raise ValueError("EditHparams.v_num_grad_steps must be >= 1")
-        if self.key_budget_multiplier is not None and self.key_budget_multiplier <= 0:
-            raise ValueError("EditHparams.key_budget_multiplier must be positive or None")
-        choices = {
-            "rome_key_mode": ("r_rome", "original", "p_rome", "shared"),
-            "prune_function": ("log", "linear"),
-            "prune_mode": ("shadow", "in_loop"),
-            "rect_projection_order": ("mask_then_project", "project_then_mask"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"EditHparams.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.prune_alpha <= 1:
-            raise ValueError(f"EditHparams.prune_alpha must be > 1 (log base), got {self.prune_alpha}")
-        if not 0 < self.rect_top_percent <= 100:
-            raise ValueError(f"EditHparams.rect_top_percent must be in (0, 100], got {self.rect_top_percent}")
-        if self.emmet_ridge < 0 or self.cov_ridge < 0:
-            raise ValueError("EditHparams.emmet_ridge and cov_ridge must be >= 0")
+        problems = instance_problems(self)
+        layers = self.layers
+        if not layers:
+            problems.append("EditHparams.layers: at least one edited layer is required")
+        elif all(isinstance(x, int) for x in layers) and list(layers) != sorted(set(layers)):
+            problems.append(f"EditHparams.layers: must be strictly ascending without repeats, got {layers}")
+        if problems:
+            raise HparamsError(problems)
 
     def replace(self, **changes: Any) -> EditHparams:
         return dataclasses.replace(self, **changes)

@@ -3,6 +3,11 @@
 Every problem of a config is reported at once (``SweepConfigError`` lists them all), and single
 keys can be overridden from the command line (``--set eval_every=100``,
 ``--set models.0.num_gpus=1``, ``--set methods=[memit]``).
+
+Validation derives from the dataclasses below (:mod:`alphaedit.fields`): each field's type,
+``Literal`` names (methods, datasets, presets from their registries) and ``Annotated`` bounds are
+the one statement of what a value may be; the hyper-parameter overrides are checked by building
+:class:`alphaedit.hparams.EditHparams` for every preset and method of the grid.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from alphaedit.hparams import METHODS, PRESETS, EditHparams, hparams_for
+from alphaedit.fields import NonEmpty, Range, from_raw
+from alphaedit.hparams import METHODS, PRESETS, EditHparams, HparamsError, hparams_for
+from cluster.placement import TaskPlacement
 from storage.hashing import config_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +34,12 @@ DEFAULT_CONFIG_PATH = REPO_ROOT / "jobs" / "configs" / "default.yaml"
 TOY_CONFIG_PATH = REPO_ROOT / "jobs" / "configs" / "toy.yaml"
 TOY_DIR = REPO_ROOT / "eval" / "toyworld" / "artifacts"
 DATASETS = ("counterfact", "zsre")
+#: Field types whose values come from the registries (one source: the tuples above and PRESETS).
+Method = Literal[METHODS]  # type: ignore[valid-type]
+Dataset = Literal[DATASETS]  # type: ignore[valid-type]
+Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
 
 
 class SweepConfigError(ValueError):
@@ -43,17 +56,21 @@ class ModelConfig:
 
     name: str
     path: str  # HF id or local path (relative paths are relative to the repository)
-    preset: str
+    preset: Preset
     corpus: str  # toywiki | realworld | wikipedia[:<snapshot>] | wikitext | comma-separated .jsonl/.txt paths
     counterfact: str
     zsre: str
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    num_gpus: Annotated[float, Range(ge=0)] = 0.0
+    num_cpus: Annotated[float, Range(ge=0)] = 1.0
     revision: str = "local"
     # Consistency inputs (optional: without them CounterFact consistency is not computed).
     attribute_snippets: str | None = None
     tfidf_vocab: str | None = None
     idf: str | None = None
+    # Where the editor actor runs (cluster/placement.py, ray_cluster.yaml); not hashed (MODEL_PLACEMENT_FIELDS).
+    memory_gb: Annotated[float, Range(gt=0)] | None = None  # Ray logical memory per editor, GiB
+    resources: Mapping[str, Annotated[float, Range(ge=0)]] = field(default_factory=dict)  # {editor_slot: 1}
+    labels: Mapping[str, str] = field(default_factory=dict)  # node labels it needs: {node-kind: gpu}
 
     def resolve(self, value: str) -> str:
         """A relative local path is resolved against the repository root; ids are kept;
@@ -84,37 +101,44 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     tasks: tuple[str, ...] = ("toy_knowledge", "toy_acceptability")
-    limit: int | None = 200
-    batch_size: int = 64
+    limit: PositiveInt | None = 200
+    batch_size: PositiveInt = 64
 
 
 @dataclass(frozen=True)
 class MetricConfig:
     """How much of the rewrite evaluation runs at each checkpoint."""
 
-    max_records: int | None = None  # evaluate at most this many of the records edited so far
-    generation_records: int = 20  # fluency/consistency on this many records (generation is slow)
+    max_records: NonNegativeInt | None = None  # evaluate at most this many of the records edited so far
+    generation_records: NonNegativeInt = 20  # fluency/consistency on this many records (generation is slow)
 
 
 #: SweepConfig fields that say where results go or name the sweep; they are not part of its hash.
 LOCATION_FIELDS: tuple[str, ...] = ("sweep_id", "results", "artifact_root")
+#: Fields that say where work runs (cluster/placement.py); placement never changes a result, so they
+#: are in no hash either (sweep-level, then per model).
+PLACEMENT_FIELDS: tuple[str, ...] = ("stats_placement", "eval_placement")
+MODEL_PLACEMENT_FIELDS: tuple[str, ...] = ("memory_gb", "resources", "labels")
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    models: tuple[ModelConfig, ...]
-    methods: tuple[str, ...] = ("alphaedit", "memit")
-    datasets: tuple[str, ...] = ("counterfact",)
-    batch_sizes: tuple[int, ...] = (100,)
-    n_edits: tuple[int, ...] = (1000,)
-    seeds: tuple[int, ...] = (0,)
-    hparams_overrides: tuple[Mapping[str, Any], ...] = field(default_factory=lambda: ({},))
-    eval_every: int = 200  # edits between evaluations (metrics + probes); each is also a checkpoint
-    checkpoint_every: int = 1  # batches between editor checkpoints (resume points; see README)
-    editor_max_restarts: int = 2  # restarts of a dead editor actor per model before its cell fails
+    models: Annotated[tuple[ModelConfig, ...], NonEmpty()]
+    methods: Annotated[tuple[Method, ...], NonEmpty()] = ("alphaedit", "memit")
+    datasets: Annotated[tuple[Dataset, ...], NonEmpty()] = ("counterfact",)
+    batch_sizes: Annotated[tuple[PositiveInt, ...], NonEmpty()] = (100,)
+    n_edits: Annotated[tuple[PositiveInt, ...], NonEmpty()] = (1000,)
+    seeds: Annotated[tuple[NonNegativeInt, ...], NonEmpty()] = (0,)
+    hparams_overrides: Annotated[tuple[Mapping[str, Any], ...], NonEmpty()] = field(default_factory=lambda: ({},))
+    eval_every: PositiveInt = 200  # edits between evaluations (metrics + probes); each is also a checkpoint
+    checkpoint_every: PositiveInt = 1  # batches between editor checkpoints (resume points; see README)
+    editor_max_restarts: NonNegativeInt = 2  # restarts of a dead editor actor per model before its cell fails
     probes: ProbeConfig = ProbeConfig()
     metrics: MetricConfig = MetricConfig()
-    stats_shards: int = 2
+    stats_shards: PositiveInt = 2
+    # Where the statistics shards and the evaluation tasks run (cluster/placement.py); not hashed.
+    stats_placement: TaskPlacement = field(default_factory=TaskPlacement)
+    eval_placement: TaskPlacement = field(default_factory=TaskPlacement)
     results: str = "results/results.duckdb"
     artifact_root: str = "results/artifacts"
     sweep_id: str | None = None
@@ -127,8 +151,11 @@ class SweepConfig:
         """Hash of what the sweep computes, not of where it is stored: moving the results file or the
         artifact store keeps the sweep id (``sweep-<hash[:10]>``), so a rerun still resumes."""
         d = self.to_dict()
-        for key in LOCATION_FIELDS:
+        for key in LOCATION_FIELDS + PLACEMENT_FIELDS:
             d.pop(key, None)
+        for m in d["models"]:
+            for key in MODEL_PLACEMENT_FIELDS:
+                m.pop(key, None)
         return config_hash(d)
 
     def cells(self) -> Iterator[RunCell]:
@@ -162,7 +189,8 @@ class RunCell:
     def config(self) -> dict[str, Any]:
         """Everything that determines this run's results (its config hash is over this)."""
         return {
-            "model": asdict(self.model), "method": self.method, "batch_size": self.batch_size,
+            "model": {k: v for k, v in asdict(self.model).items() if k not in MODEL_PLACEMENT_FIELDS},
+            "method": self.method, "batch_size": self.batch_size,
             "n_edits": self.n_edits, "dataset": self.dataset, "seed": self.seed,
             "hparams": self.hparams().to_dict(), "eval_every": self.eval_every,
         }
@@ -184,120 +212,81 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise SweepConfigError("--set", [f"{assignment!r}: expected key=value"])
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
-    cur: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
+    try:
+        parsed = yaml.safe_load(value)
+        cur: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(cur, list):
+                cur = cur[int(part)]
+            else:
+                cur = cur.setdefault(part, [] if nxt.isdigit() else {})
+        last = parts[-1]
         if isinstance(cur, list):
-            cur = cur[int(part)]
+            cur[int(last)] = parsed
+        elif isinstance(cur, dict):
+            cur[last] = parsed
         else:
-            cur = cur.setdefault(part, [] if nxt.isdigit() else {})
-    last = parts[-1]
-    parsed = yaml.safe_load(value)
-    if isinstance(cur, list):
-        cur[int(last)] = parsed
-    else:
-        cur[last] = parsed
+            raise TypeError(f"{'.'.join(parts[:-1])} is {cur!r}, not a mapping or a list")
+    except (IndexError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise SweepConfigError("--set", [f"{assignment!r}: {key.strip()} does not name a config key or list "
+                                         f"item ({type(exc).__name__}: {exc})"]) from None
 
 
-def _tuple(raw: Any) -> tuple:
-    return tuple(raw) if isinstance(raw, list | tuple) else (raw,)
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def hparams_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Unknown fields and invalid values of ``hparams_overrides``, on each (valid) preset and method
+    of the raw config, so they are reported with the config's other problems, before any run."""
+    known = set(EditHparams.__dataclass_fields__)
+    presets = list(dict.fromkeys(m.get("preset") for m in _as_list(raw.get("models", []))
+                                 if isinstance(m, Mapping) and m.get("preset") in PRESETS))
+    methods = [m for m in _as_list(raw.get("methods", SweepConfig.methods)) if m in METHODS]
+    problems: list[str] = []
+    for i, over in enumerate(_as_list(raw.get("hparams_overrides", [{}]))):
+        if not isinstance(over, Mapping):
+            continue  # reported by the field check
+        unknown = [k for k in over if k not in known]
+        problems += [f"hparams_overrides.{i}.{k}: not an EditHparams field" for k in unknown]
+        if unknown:
+            continue
+        for preset_name, method in itertools.product(presets, methods):
+            try:
+                hparams_for(preset_name, method, **over)
+            except HparamsError as exc:
+                problems += [f"hparams_overrides.{i}.{p.removeprefix('EditHparams.')} (preset {preset_name}, "
+                             f"method {method})" for p in exc.problems]
+    return problems
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> SweepConfig:
-    """Validate a raw config dict; raise :class:`SweepConfigError` listing every problem."""
+    """Validate a raw config dict against the dataclasses' fields; raise :class:`SweepConfigError`
+    listing every problem (unknown keys, types, ``Literal`` names, bounds, non-finite numbers, the
+    hyper-parameters each cell will use)."""
     raw = copy.deepcopy(dict(raw))
-    problems: list[str] = []
-    known = {f for f in SweepConfig.__dataclass_fields__}
-    for key in raw:
-        if key not in known:
-            problems.append(f"{key}: unknown key (known: {sorted(known)})")
-
-    models = []
-    raw_models = raw.get("models")
-    if not isinstance(raw_models, list) or not raw_models:
-        problems.append("models: must be a non-empty list")
-        raw_models = []
-    model_fields = set(ModelConfig.__dataclass_fields__)
-    for i, m in enumerate(raw_models):
-        if not isinstance(m, dict):
-            problems.append(f"models.{i}: must be a mapping")
-            continue
-        for k in m:
-            if k not in model_fields:
-                problems.append(f"models.{i}.{k}: unknown key (known: {sorted(model_fields)})")
-        missing = [k for k in ("name", "path", "preset", "corpus", "counterfact", "zsre") if k not in m]
-        problems += [f"models.{i}.{k}: required" for k in missing]
-        if m.get("preset") is not None and m.get("preset") not in PRESETS:
-            problems.append(f"models.{i}.preset: {m.get('preset')!r} unknown (known: {sorted(PRESETS)})")
-        for k in ("num_gpus", "num_cpus"):
-            if not isinstance(m.get(k, 0), int | float) or m.get(k, 0) < 0:
-                problems.append(f"models.{i}.{k}: must be a number >= 0")
-        if not missing and all(k in model_fields for k in m):
-            models.append(ModelConfig(**m))
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        problems.append(f"models: names must be unique, got {names}")
-
-    methods = _tuple(raw.get("methods", SweepConfig.methods))
-    problems += [f"methods: {m!r} unknown (known: {sorted(METHODS)})" for m in methods if m not in METHODS]
-    datasets = _tuple(raw.get("datasets", SweepConfig.datasets))
-    problems += [f"datasets: {d!r} unknown (known: {list(DATASETS)})" for d in datasets if d not in DATASETS]
-    ints = {}
-    for key in ("batch_sizes", "n_edits", "seeds"):
-        values = _tuple(raw.get(key, getattr(SweepConfig, key)))
-        bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "seeds" else 1)]
-        if bad or not values:
-            problems.append(f"{key}: must be a non-empty list of {'non-negative' if key == 'seeds' else 'positive'}"
-                            f" integers, got {list(values)}")
-        ints[key] = values
-    eval_every = raw.get("eval_every", SweepConfig.eval_every)
-    if not isinstance(eval_every, int) or eval_every < 1:
-        problems.append(f"eval_every: must be a positive integer, got {eval_every!r}")
-    overrides = _tuple(raw.get("hparams_overrides", [{}]))
-    hp_fields = set(EditHparams.__dataclass_fields__)
-    for i, over in enumerate(overrides):
-        if not isinstance(over, dict):
-            problems.append(f"hparams_overrides.{i}: must be a mapping")
-            continue
-        problems += [f"hparams_overrides.{i}.{k}: not an EditHparams field" for k in over if k not in hp_fields]
-    probes_raw = raw.get("probes", {}) or {}
-    metrics_raw = raw.get("metrics", {}) or {}
-    try:
-        probes = ProbeConfig(**{**probes_raw, "tasks": tuple(probes_raw.get("tasks", ProbeConfig.tasks))})
-    except TypeError as e:
-        problems.append(f"probes: {e}")
-        probes = ProbeConfig()
-    try:
-        metrics = MetricConfig(**metrics_raw)
-    except TypeError as e:
-        problems.append(f"metrics: {e}")
-        metrics = MetricConfig()
-    checkpoint_every = raw.get("checkpoint_every", SweepConfig.checkpoint_every)
-    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
-        problems.append(f"checkpoint_every: must be a positive integer (batches), got {checkpoint_every!r}")
-    max_restarts = raw.get("editor_max_restarts", SweepConfig.editor_max_restarts)
-    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
-        problems.append(f"editor_max_restarts: must be an integer >= 0, got {max_restarts!r}")
-    stats_shards = raw.get("stats_shards", SweepConfig.stats_shards)
-    if not isinstance(stats_shards, int) or stats_shards < 1:
-        problems.append(f"stats_shards: must be a positive integer, got {stats_shards!r}")
+    cfg, problems = from_raw(SweepConfig, raw)
+    problems += hparams_problems(raw)
+    if cfg is not None:
+        names = [m.name for m in cfg.models]
+        if len(set(names)) != len(names):
+            problems.append(f"models: names must be unique, got {names}")
     if problems:
         raise SweepConfigError(source, problems)
-    return SweepConfig(
-        models=tuple(models), methods=methods, datasets=datasets, batch_sizes=ints["batch_sizes"],
-        n_edits=ints["n_edits"], seeds=ints["seeds"], hparams_overrides=overrides, eval_every=eval_every,
-        probes=probes, metrics=metrics, stats_shards=stats_shards, checkpoint_every=checkpoint_every,
-        editor_max_restarts=max_restarts,
-        results=raw.get("results", SweepConfig.results), artifact_root=raw.get("artifact_root", SweepConfig.artifact_root),
-        sweep_id=raw.get("sweep_id"),
-    )
+    return cfg
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
         raise SweepConfigError(str(path), [f"file not found: {path}"])
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SweepConfigError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    if not isinstance(raw, dict):
+        raise SweepConfigError(str(path), [f"expected a mapping of config keys, got {type(raw).__name__}"])
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_config(raw, str(path))

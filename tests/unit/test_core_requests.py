@@ -108,3 +108,26 @@ def test_hparams_presets_roundtrip_and_validate():
         EditHparams.from_dict({"layers": [1], "lr": 3})
     with pytest.raises(KeyError, match="known"):
         preset("gpt-4")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_hparams_non_finite_numbers_are_named_errors(value):
+    from alphaedit.hparams import HparamsError, preset
+
+    with pytest.raises(HparamsError, match="EditHparams.v_lr: must be a finite number"):
+        preset("toy", v_lr=value)
+    with pytest.raises(HparamsError, match="EditHparams.key_budget_multiplier: must be a finite number"):
+        preset("toy", key_budget_multiplier=value)
+
+
+def test_hparams_every_problem_at_once_from_the_field_types():
+    from alphaedit.hparams import EditHparams, HparamsError
+
+    with pytest.raises(HparamsError) as err:
+        EditHparams(layers=(3, 1), fact_token="first", v_num_grad_steps=0, prune_alpha=1.0, mom2_batch_size=2.5,
+                    v_stop_most_probable="yes", stats_dtype="int8", rect_top_percent=101.0)
+    fields = [p.split(":")[0] for p in err.value.problems]
+    assert fields == ["EditHparams.fact_token", "EditHparams.v_num_grad_steps", "EditHparams.mom2_batch_size",
+                      "EditHparams.prune_alpha", "EditHparams.rect_top_percent", "EditHparams.v_stop_most_probable",
+                      "EditHparams.stats_dtype", "EditHparams.layers"], err.value.problems
+    assert EditHparams(layers=[1, 2]).layers == (1, 2)

@@ -135,6 +135,6 @@ def test_resume_config_keys_are_validated() -> None:
     with pytest.raises(SweepConfigError) as err:
         load_config(TOY_CONFIG_PATH, ["checkpoint_every=0", "editor_max_restarts=-1"])
     text = str(err.value)
-    assert "checkpoint_every: must be a positive integer" in text and "editor_max_restarts: must be" in text
+    assert "checkpoint_every: must be >= 1" in text and "editor_max_restarts: must be >= 0" in text
     cfg = load_config(TOY_CONFIG_PATH, ["checkpoint_every=3", "editor_max_restarts=0"])
     assert (cfg.checkpoint_every, cfg.editor_max_restarts) == (3, 0)

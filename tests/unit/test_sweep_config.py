@@ -96,3 +96,72 @@ def test_default_config_is_the_real_model_demo() -> None:
     assert model.path == MODEL_REF and model.preset == "smollm2" and model.corpus == "realworld"
     assert "eval/realworld/artifacts/" in model.counterfact and set(cfg.probes.tasks) <= set(REAL_TASKS)
     assert cfg.methods == ("alphaedit", "memit") and all(c.hparams().layers for c in cfg.cells())
+
+
+def test_field_types_are_checked_from_the_dataclasses() -> None:
+    """Types, Literal names, bounds and nested dataclasses: one problem per field, all at once."""
+    raw = raw_default()
+    raw["models"][0]["num_gpus"] = "one"
+    raw["models"][0]["revision"] = 3
+    raw["datasets"] = ["counterfact", "wikidata"]
+    raw["probes"] = {"limit": "abc", "batch_size": 0}
+    raw["metrics"] = {"max_records": -1, "typo": 1}
+    raw["seeds"] = [0, True]
+    raw["n_edits"] = []
+    with pytest.raises(SweepConfigError) as err:
+        parse_config(raw, "test.yaml")
+    problems = err.value.problems
+    expected = ["models.0.num_gpus: expected a number", "models.0.revision: expected a string",
+                "datasets.1: 'wikidata' is not one of", "probes.limit: expected an integer or null, got 'abc'",
+                "probes.batch_size: must be >= 1", "metrics.max_records: must be >= 0", "metrics.typo: unknown key",
+                "seeds.1: expected an integer", "n_edits: must not be empty"]
+    for needle in expected:
+        assert any(p.startswith(needle) for p in problems), (needle, problems)
+    assert len(problems) == len(expected), problems
+
+
+def test_probes_limit_abc_is_rejected_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.sweep import main
+
+    with pytest.raises(SweepConfigError, match="probes.limit: expected an integer or null, got 'abc'"):
+        load_config(TOY_CONFIG_PATH, ["probes.limit=abc"])
+    assert main(["--config", str(TOY_CONFIG_PATH), "--set", "probes.limit=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "probes.limit" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_hyper_parameters_are_named_errors(value: str) -> None:
+    with pytest.raises(SweepConfigError) as err:
+        load_config(TOY_CONFIG_PATH, [f"hparams_overrides=[{{v_lr: {value}, l2: 1.0}}]"])
+    assert all("hparams_overrides.0.v_lr: must be a finite number" in p for p in err.value.problems)
+    assert len(err.value.problems) == 2  # one per method of the toy grid, nothing about l2
+
+
+def test_override_values_are_checked_with_the_config() -> None:
+    """A bad hyper-parameter value fails at load time with the config's other problems, not in a cell."""
+    with pytest.raises(SweepConfigError) as err:
+        load_config(TOY_CONFIG_PATH, ["methods=[alphaedit]", "eval_every=0",
+                                      "hparams_overrides=[{v_num_grad_steps: 0, fact_token: first}]"])
+    problems = err.value.problems
+    assert any(p.startswith("eval_every: must be >= 1") for p in problems)
+    assert any(p.startswith("hparams_overrides.0.v_num_grad_steps: must be >= 1") for p in problems)
+    assert any(p.startswith("hparams_overrides.0.fact_token: 'first' is not one of") for p in problems)
+
+
+def test_bad_set_paths_and_yaml_are_config_errors(tmp_path) -> None:
+    with pytest.raises(SweepConfigError, match="models.7.name"):
+        load_config(TOY_CONFIG_PATH, ["models.7.name=x"])
+    with pytest.raises(SweepConfigError, match="eval_every.x"):
+        load_config(TOY_CONFIG_PATH, ["eval_every.x=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(SweepConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_values_are_kept_as_written() -> None:
+    """No numeric coercion: the config hash is over the values as written (sweep ids stay stable)."""
+    cfg = load_config(TOY_CONFIG_PATH, ["models.0.num_gpus=1", "probes.tasks=toy_knowledge"])
+    assert type(cfg.models[0].num_gpus) is int and cfg.probes.tasks == ("toy_knowledge",)
+    assert cfg.to_dict()["models"][0]["num_gpus"] == 1
