@@ -11,14 +11,22 @@ A :class:`CorpusSpec` names one source; :func:`iter_corpus` streams its texts:
 * ``realworld``: the real world's ``corpus.jsonl`` (English prose written by the real model itself,
   see :mod:`eval.realworld.corpus`).
 
-Hub sources stream (``streaming=True``), so nothing is downloaded past the ``n_docs`` read;
-offline, :class:`CorpusUnavailableError` says how to provide the data instead.
+Which documents (``sample``): ``"random"`` (default, the reference's ``FixedRandomSubsetSampler``
+in ``rome/layer_stats.py``): the indices 0..N-1 of the whole source are shuffled with
+``random.Random(seed)`` (seed 1 in the reference) and the first ``n_docs`` are read in that order,
+so the sample is the same set of documents wherever it is computed; hub sources are then loaded
+whole (``datasets`` caches them once), as the reference does. ``"first"``: the first ``n_docs``
+documents in corpus order; hub sources stream (``streaming=True``), so nothing is downloaded past
+the ``n_docs`` read. A source with at most ``n_docs`` documents gives the same set either way (the
+statistics differ by summation order only). Offline, :class:`CorpusUnavailableError` says how to
+provide the data instead.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,7 @@ from typing import Literal
 logger = logging.getLogger(__name__)
 
 CorpusKind = Literal["wikipedia", "wikitext", "files", "toywiki", "realworld"]
+CorpusSample = Literal["random", "first"]
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKITEXT_DATASET = "Salesforce/wikitext"
 
@@ -37,7 +46,8 @@ class CorpusUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """One preservation corpus. ``n_docs`` caps the documents read (None: all)."""
+    """One preservation corpus. ``n_docs`` caps the documents read (None: all); ``sample`` and ``seed``
+    choose which (module docstring)."""
 
     kind: CorpusKind = "toywiki"
     snapshot: str = "20231101.en"  # wikipedia config name
@@ -46,6 +56,8 @@ class CorpusSpec:
     files: tuple[str, ...] = field(default=())
     text_field: str = "text"
     n_docs: int | None = None
+    sample: CorpusSample = "random"
+    seed: int = 1
 
     def key(self) -> str:
         """A complete cache-key string (e.g. for the key-statistics artifact)."""
@@ -65,13 +77,55 @@ class CorpusSpec:
             src = f"realworld:{digest}"
         else:
             src = self.kind
-        return f"{src}:n={self.n_docs}"
+        order = f"random-seed{self.seed}" if self.sample == "random" else "first"
+        return f"{src}:n={self.n_docs}:{order}"
 
 
 def iter_corpus(spec: CorpusSpec) -> Iterator[str]:
-    """The corpus texts in order (non-empty ones only), at most ``spec.n_docs`` of them."""
+    """The sampled corpus texts (non-empty ones only), at most ``spec.n_docs`` of them, in sample order."""
+    if spec.sample not in ("random", "first"):
+        raise ValueError(f"CorpusSpec.sample must be 'random' or 'first', got {spec.sample!r}")
+    if spec.sample == "random":
+        return (t for t in _random_subset(spec) if isinstance(t, str) and t.strip())
     texts = (t for t in _raw_texts(spec) if isinstance(t, str) and t.strip())
     return itertools.islice(texts, spec.n_docs)
+
+
+def sample_indices(n_total: int, n_docs: int | None, seed: int) -> list[int]:
+    """The reference's fixed random subset: ``range(n_total)`` shuffled by ``random.Random(seed)``,
+    the first ``n_docs`` (all when None)."""
+    order = list(range(n_total))
+    random.Random(seed).shuffle(order)
+    return order[:n_docs]
+
+
+def _random_subset(spec: CorpusSpec) -> Iterator[str]:
+    if spec.kind in ("wikipedia", "wikitext"):
+        ds = _hub_dataset(spec, streaming=False)
+        for i in sample_indices(len(ds), spec.n_docs, spec.seed):
+            yield ds[i][spec.text_field]
+        return
+    texts = list(_raw_texts(spec))
+    for i in sample_indices(len(texts), spec.n_docs, spec.seed):
+        yield texts[i]
+
+
+def _hub_dataset(spec: CorpusSpec, streaming: bool):
+    import datasets
+
+    if spec.kind == "wikipedia":
+        args: tuple[str, ...] = (WIKIPEDIA_DATASET, spec.snapshot)
+    elif spec.kind == "wikitext":
+        args = (WIKITEXT_DATASET, spec.wikitext_config)
+    else:
+        raise ValueError(f"unknown corpus kind {spec.kind!r}; use wikipedia, wikitext, files or toywiki")
+    try:
+        return datasets.load_dataset(*args, split=spec.split, streaming=streaming)
+    except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+        raise CorpusUnavailableError(
+            f"cannot read {'/'.join(args)} split {spec.split!r} ({type(exc).__name__}: {exc}). It comes from the "
+            "Hugging Face Hub: go online (unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), or save the texts as .jsonl "
+            "with a 'text' field and use kind='files'.") from exc
 
 
 def _raw_texts(spec: CorpusSpec) -> Iterator[str]:
@@ -83,32 +137,19 @@ def _raw_texts(spec: CorpusSpec) -> Iterator[str]:
         if not WIKI.is_file():
             raise CorpusUnavailableError(f"toy wiki {WIKI} not found; restore the toy world artifacts "
                                          "(`git checkout -- eval/toyworld/artifacts` or `python -m eval.toyworld build`)")
-        spec = CorpusSpec(kind="files", files=(str(WIKI),), text_field="text", n_docs=spec.n_docs)
+        spec = CorpusSpec(kind="files", files=(str(WIKI),), text_field="text", n_docs=spec.n_docs, sample="first")
     elif spec.kind == "realworld":
         from eval.realworld.paths import CORPUS
 
         if not CORPUS.is_file():
             raise CorpusUnavailableError(f"real-world corpus {CORPUS} not found; restore it with "
                                          "`git checkout -- eval/realworld/artifacts`")
-        spec = CorpusSpec(kind="files", files=(str(CORPUS),), text_field="text", n_docs=spec.n_docs)
+        spec = CorpusSpec(kind="files", files=(str(CORPUS),), text_field="text", n_docs=spec.n_docs, sample="first")
     if spec.kind == "files":
         yield from _file_texts(spec, datasets)
         return
-    if spec.kind == "wikipedia":
-        args: tuple[str, ...] = (WIKIPEDIA_DATASET, spec.snapshot)
-    elif spec.kind == "wikitext":
-        args = (WIKITEXT_DATASET, spec.wikitext_config)
-    else:
-        raise ValueError(f"unknown corpus kind {spec.kind!r}; use wikipedia, wikitext, files or toywiki")
-    try:
-        ds = datasets.load_dataset(*args, split=spec.split, streaming=True)
-        for row in ds:
-            yield row[spec.text_field]
-    except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
-        raise CorpusUnavailableError(
-            f"cannot read {'/'.join(args)} split {spec.split!r} ({type(exc).__name__}: {exc}). It streams from the "
-            "Hugging Face Hub: go online (unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), or save the texts as .jsonl "
-            "with a 'text' field and use kind='files'.") from exc
+    for row in _hub_dataset(spec, streaming=True):
+        yield row[spec.text_field]
 
 
 def _file_texts(spec: CorpusSpec, datasets) -> Iterator[str]:

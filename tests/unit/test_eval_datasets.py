@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -134,9 +135,17 @@ def test_fixtures_score_with_a_tiny_model(tmp_path: Path) -> None:
 def test_corpus_from_local_files_through_datasets(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"id": i, "body": f"doc {i}"}) for i in range(5)))
     (tmp_path / "b.txt").write_text("line one\n\nline two\nline three\n")
-    spec = CorpusSpec(kind="files", files=(str(tmp_path / "a.jsonl"),), text_field="body", n_docs=3)
+    spec = CorpusSpec(kind="files", files=(str(tmp_path / "a.jsonl"),), text_field="body", n_docs=3, sample="first")
     assert list(iter_corpus(spec)) == ["doc 0", "doc 1", "doc 2"]
-    assert list(iter_corpus(CorpusSpec(kind="files", files=(str(tmp_path / "b.txt"),)))) == [
+    # The default is the reference's FixedRandomSubsetSampler: range(N) shuffled by random.Random(1).
+    order = list(range(5))
+    random.Random(1).shuffle(order)
+    sampled = CorpusSpec(kind="files", files=(str(tmp_path / "a.jsonl"),), text_field="body", n_docs=3)
+    assert list(iter_corpus(sampled)) == [f"doc {i}" for i in order[:3]] != ["doc 0", "doc 1", "doc 2"]
+    assert sampled.key() != spec.key() and "random-seed1" in sampled.key()
+    assert sorted(iter_corpus(CorpusSpec(kind="files", files=(str(tmp_path / "a.jsonl"),), text_field="body"))) == [
+        f"doc {i}" for i in range(5)]  # a corpus smaller than n_docs: every document, in another order
+    assert list(iter_corpus(CorpusSpec(kind="files", files=(str(tmp_path / "b.txt"),), sample="first"))) == [
         "line one", "line two", "line three"]
     with pytest.raises(CorpusUnavailableError, match="no field 'text'"):
         list(iter_corpus(CorpusSpec(kind="files", files=(str(tmp_path / "a.jsonl"),))))
