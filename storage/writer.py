@@ -41,6 +41,7 @@ from storage import sql as sqlh
 from storage.hashing import canonical_json, config_hash
 from storage.names import RunStatus
 from storage.schema import MIGRATIONS, TABLES, Migration, apply_comments, migrate, utc_now
+from storage.views import apply_views
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class ResultWriter:
             self.schema_version = migrate(self._con, migrations)
             with self._transaction():
                 apply_comments(self._con)
+                apply_views(self._con)  # derived views, re-created on every open (storage/views.py)
         except BaseException:
             self._con.close()
             raise
