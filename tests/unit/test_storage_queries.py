@@ -68,6 +68,8 @@ def db(tmp_path_factory):
             dict(run_id="cf-ae-1", stage="solve", step=0, seconds=3.0, items=10),
             dict(run_id="cf-ae-0", stage="key_stats", seconds=5.0),
             dict(run_id="cf-me-0", stage="solve", step=0, seconds=0.5, items=10),
+            dict(run_id="cf-me-0", stage="edit_batch", step=0, seconds=0.8, items=10),
+            dict(run_id="cf-me-0", stage="checkpoint", step=0, seconds=0.25, items=82_584_240),
         ]
         w.write(metrics=metrics, probes=probes, timings=timings)
         w.set_status("cf-ae-0", "running")
@@ -141,12 +143,14 @@ def test_stage_timings(db):
     got = read_canned(db, "stage_timings")
     want = frame(
         [
-            ("toy", "alphaedit", 10, "key_stats", 1, 1, 5.0, 5.0, None, None),
-            ("toy", "alphaedit", 10, "solve", 2, 3, 6.0, 3.0, 30, 0.2),
-            ("toy", "memit", 10, "solve", 1, 1, 0.5, 0.5, 10, 0.05),
+            ("toy", "alphaedit", 10, "key_stats", 1, 1, 5.0, 5.0, None, None, None, None),
+            ("toy", "alphaedit", 10, "solve", 2, 3, 6.0, 3.0, 30, 0.2, "edit_batch", None),
+            ("toy", "memit", 10, "checkpoint", 1, 1, 0.25, 0.25, None, None, None, 82_584_240),
+            ("toy", "memit", 10, "edit_batch", 1, 1, 0.8, 0.8, 10, 0.08, None, None),
+            ("toy", "memit", 10, "solve", 1, 1, 0.5, 0.5, 10, 0.05, "edit_batch", None),
         ],
         ["model", "method", "batch_size", "stage", "n_runs", "n_calls", "total_seconds", "seconds_per_run",
-         "items", "seconds_per_item"],
+         "items", "seconds_per_item", "part_of", "bytes"],
     )
     assert_frame_equal(got, want, check_dtypes=False, abs_tol=1e-9)
 
