@@ -1,6 +1,6 @@
 """Base + deltas in memory: apply a checkpoint's deltas for a block of code, then restore the base.
 
-Also reads the checkpoint folders ``jobs/edit.py`` writes (docs/checkpoint-format.md).
+Also reads the checkpoint folders ``python -m jobs.edit`` writes (docs/checkpoint-format.md).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     missing = [n for n in ("run.json", "requests.json", "deltas.safetensors") if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete checkpoint folder: {missing} missing "
-                                "(write one with `python jobs/edit.py --out FOLDER`)")
+                                "(write one with `python -m jobs.edit --out FOLDER`)")
     run = json.loads((folder / "run.json").read_text())
     requests = json.loads((folder / "requests.json").read_text())
     if not isinstance(requests, list):

@@ -70,6 +70,17 @@ def convert_zsre(src: str, out: str) -> int:
     return 0
 
 
+def run_model_path(run: dict[str, Any]) -> str:
+    """The base model of a checkpoint's run.json: the run cell's model entry (jobs/edit.py), resolved
+    as the sweep resolves it, or a plain path (folders written before jobs/edit.py ran the sweep)."""
+    from cluster.config import ModelConfig
+
+    model = run["model"]
+    if isinstance(model, dict):
+        return ModelConfig(**model).resolve(model["path"])
+    return str(model)
+
+
 def is_toy(model: str) -> bool:
     return Path(model).exists() and Path(model).resolve() == toy.MODEL_DIR.resolve()
 
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("pass a checkpoint folder (see --help)")
     t_start = time.perf_counter()
     ckpt = read_checkpoint(args.checkpoint)
-    model_name = args.model or ckpt.run["model"]
+    model_name = args.model or run_model_path(ckpt.run)
     toy_model = is_toy(model_name)
     device = resolve_device(args.device)
     model, tok = load_model(model_name, device, ckpt.run.get("dtype", "float32"))

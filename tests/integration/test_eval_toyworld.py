@@ -66,7 +66,7 @@ def test_unedited_toy_model_believes_the_true_facts(toy) -> None:
 
 @pytest.fixture(scope="module")
 def edited(toy, tmp_path_factory):
-    """jobs/edit.py (AlphaEdit, one batch of N_EDITS, key statistics from a 300-document slice of the toy
+    """jobs/edit.py (a one-cell sweep run: AlphaEdit, one batch of N_EDITS, key statistics from a 300-document slice of the toy
     wiki to keep the test short), then jobs/evaluate.py on its checkpoint: (checkpoint, pre rows, post rows)."""
     from jobs import edit, evaluate
 
@@ -75,7 +75,8 @@ def edited(toy, tmp_path_factory):
     corpus.write_text("".join(paths.WIKI.read_text().splitlines(keepends=True)[:300]))
     out = tmp / "ckpt"
     assert edit.main(["--method", "alphaedit", "--n-edits", str(N_EDITS), "--batch-size", str(N_EDITS),
-                      "--corpus", str(corpus), "--out", str(out), "--log-level", "WARNING"]) == 0
+                      "--corpus", str(corpus), "--out", str(out), "--artifacts", str(tmp / "artifacts"),
+                      "--log-level", "WARNING"]) == 0
     rows_json = tmp / "rows.json"
     assert evaluate.main([str(out), "--probes", "none", "--no-generation", "--json", str(rows_json)]) == 0
     res = json.loads(rows_json.read_text())

@@ -20,7 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_core_support import toy_world, toy_world_available  # noqa: E402
 
-from alphaedit import Editor, preservation_stats, preset, requests_from_counterfact, spec_for  # noqa: E402
+from alphaedit import (  # noqa: E402
+    Editor,
+    preservation_stats,
+    preset,
+    requests_from_counterfact,
+    score_targets,
+    spec_for,
+)
 from alphaedit.hooks import capture, run_until_stopped  # noqa: E402
 from alphaedit.models import from_weight_layout  # noqa: E402
 from alphaedit.tokens import encode, pad_id, right_pad  # noqa: E402
@@ -85,9 +92,34 @@ def test_alphaedit_preserves_outputs_on_preserved_keys_memit_less(world):
         pytest.xfail(f"preserved-key change not below {PRESERVED_BOUND} on the toy model: {rel}")
 
 
-def test_200_sequential_alphaedit_edits(world):
-    from jobs.edit import quick_metrics
+def quick_metrics(model, tok, requests) -> dict[str, float]:
+    """CounterFact probability tests on the given requests (means over records of per-prompt successes);
+    the measure the guards below were set with (the former jobs/edit.py --eval)."""
 
+    def success(prompts_per_req: list[list[str]], new_better: bool) -> float:
+        prompts, news, trues, owner = [], [], [], []
+        for i, (r, ps) in enumerate(zip(requests, prompts_per_req, strict=True)):
+            for p in ps:
+                prompts.append(p)
+                news.append(r.target_new)
+                trues.append(r.target_true)
+                owner.append(i)
+        s_new = score_targets(model, tok, prompts, news).nll
+        s_true = score_targets(model, tok, prompts, trues).nll
+        ok = (s_true > s_new) if new_better else (s_true < s_new)
+        per_req = torch.zeros(len(requests)).index_add(0, torch.tensor(owner), ok.float())
+        counts = torch.zeros(len(requests)).index_add(0, torch.tensor(owner), torch.ones(len(owner)))
+        has = counts > 0
+        return float((per_req[has] / counts[has]).mean())
+
+    return {
+        "efficacy": success([[r.rewrite_prompt] for r in requests], True),
+        "generalization": success([list(r.extra.get("paraphrase_prompts", [])) for r in requests], True),
+        "specificity": success([list(r.extra.get("neighborhood_prompts", [])) for r in requests], False),
+    }
+
+
+def test_200_sequential_alphaedit_edits(world):
     model, tok, records, wiki, hp, stats = world
     edited = copy.deepcopy(model)
     requests = requests_from_counterfact(records[:200])
