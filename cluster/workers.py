@@ -428,46 +428,30 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
     """Rewrite metrics and lm-eval probes of base + ``deltas``; rows ready for the writer.
 
     ``deltas``: arrays (shipped from the editor) or a :class:`StoredDeltas` read from the store.
-
-    The base weights are restored afterwards (``eval.edited.edited_weights``), so a worker can
-    keep its model loaded across checkpoints.
+    The evaluation itself is :func:`eval.suite.evaluate_edited` (the command line's too); the base
+    weights are restored afterwards, so a worker can keep its model loaded across checkpoints.
     """
     from eval.datasets import CounterFactRecord, ZsreRecord, load_attribute_snippets, load_tfidf
-    from eval.edited import edited_weights
-    from eval.probes import resolve_tasks, run_probes
-    from eval.rewrite import counterfact_metrics, zsre_metrics
+    from eval.suite import EvalPlan, evaluate_edited
 
-    t0 = time.perf_counter()
     model, tok = cached_model(model_path, pick_device(num_gpus), dtype)
     if isinstance(deltas, StoredDeltas):
         deltas = deltas.load()
     torch_deltas = {name: torch.from_numpy(np.array(d)) for name, d in deltas.items()}
-    metric_rows: list[dict[str, Any]] = []
-    probe_rows: list[dict[str, Any]] = []
-    with edited_weights(model, torch_deltas):
-        if req.dataset == "counterfact":
-            records = [CounterFactRecord.from_json(r) for r in req.records]
-            rows = counterfact_metrics(model, tok, records, generation=False)
-            if req.generation_records > 0:
-                snippets = load_attribute_snippets(req.snippets_source) if req.snippets_source else None
-                vectorizer = load_tfidf(*req.tfidf_sources) if req.tfidf_sources else None
-                gen_rows = counterfact_metrics(
-                    model, tok, records[: req.generation_records], snippets=snippets, vectorizer=vectorizer,
-                    generation=True, seed=req.seed,
-                )
-                rows += [r for r in gen_rows if r.metric in ("fluency", "consistency")]
-        else:
-            rows = zsre_metrics(model, tok, [ZsreRecord.from_json(r, int(r.get("case_id", i)))
-                                             for i, r in enumerate(req.records)])
-        t_metrics = time.perf_counter() - t0
-        for row in rows:
-            metric_rows.append({"run_id": req.run_id, "edits_done": req.edits_done, "dataset": row.dataset,
-                                "metric": row.metric, "value": row.value, "n_cases": row.n_cases})
-        if req.probe_tasks:
-            for p in run_probes(model, tok, resolve_tasks(list(req.probe_tasks)), limit=req.probe_limit,
-                                batch_size=req.probe_batch_size):
-                probe_rows.append({"run_id": req.run_id, "edits_done": req.edits_done, "task": p.task,
-                                   "metric": p.metric, "value": p.value})
-    seconds = time.perf_counter() - t0
-    return {"metrics": metric_rows, "probes": probe_rows,
-            "timings": {"metrics": t_metrics, "probes": seconds - t_metrics}, "n_records": len(req.records)}
+    if req.dataset == "counterfact":
+        records: list[Any] = [CounterFactRecord.from_json(r) for r in req.records]
+        generation = req.generation_records > 0
+        snippets = load_attribute_snippets(req.snippets_source) if generation and req.snippets_source else None
+        vectorizer = load_tfidf(*req.tfidf_sources) if generation and req.tfidf_sources else None
+    else:
+        records = [ZsreRecord.from_json(r, int(r.get("case_id", i))) for i, r in enumerate(req.records)]
+        snippets = vectorizer = None
+    plan = EvalPlan(dataset=req.dataset, records=records, generation_records=req.generation_records,
+                    snippets=snippets, vectorizer=vectorizer, probe_tasks=req.probe_tasks,
+                    probe_limit=req.probe_limit, probe_batch_size=req.probe_batch_size, seed=req.seed)
+    result = evaluate_edited(model, tok, plan, torch_deltas)
+    metric_rows = [{"run_id": req.run_id, "edits_done": req.edits_done, "dataset": row.dataset, "metric": row.metric,
+                    "value": row.value, "n_cases": row.n_cases} for row in result.rows]
+    probe_rows = [{"run_id": req.run_id, "edits_done": req.edits_done, "task": p.task, "metric": p.metric,
+                   "value": p.value} for p in result.probes]
+    return {"metrics": metric_rows, "probes": probe_rows, "timings": result.seconds, "n_records": len(req.records)}

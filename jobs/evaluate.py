@@ -1,15 +1,16 @@
 """Evaluate a checkpoint folder written by jobs/edit.py: rewrite metrics and lm-eval probes, pre and post edit.
 
-    python jobs/evaluate.py runs/edit-alphaedit-1000-100                     # toy world: all metrics + toy probes
-    python jobs/evaluate.py CKPT --no-pre --probes sst2,mmlu --probe-limit 100
-    python jobs/evaluate.py CKPT --snippets attribute_snippets --tfidf-vocab tfidf_vocab --idf idf   # real CF
-    python jobs/evaluate.py --zsre-to-counterfact zsre.json zsre_requests.json   # then: jobs/edit.py --dataset ...
+    python -m jobs.evaluate runs/edit-alphaedit-1000-100                     # toy world: all metrics + toy probes
+    python -m jobs.evaluate CKPT --no-pre --probes sst2,mmlu --probe-limit 100
+    python -m jobs.evaluate CKPT --snippets attribute_snippets --tfidf-vocab tfidf_vocab --idf idf   # real CF
+    python -m jobs.evaluate --zsre-to-counterfact zsre.json zsre_requests.json   # then: jobs.edit --dataset ...
 
 The edited records are the checkpoint's requests.json (as the reference evaluates every edited case
 after the last batch); requests made from zsRE records (``--zsre-to-counterfact``) are scored in the
 zsRE format, all others in the CounterFact format. Post-edit numbers are computed on the base model
-plus the checkpoint's deltas, in memory; the base weights are restored afterwards. Prints one table
-(metric | pre | post) and writes the rows as JSON with --json.
+plus the checkpoint's deltas, in memory, by the sweep's evaluation (:func:`eval.suite.evaluate_edited`);
+the base weights are restored afterwards; deltas holding NaN/Inf are refused (exit 1). Prints one
+table (metric | pre | post) and writes the rows as JSON with --json. Exit 2: not a checkpoint folder.
 """
 
 from __future__ import annotations
@@ -19,22 +20,17 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # allow `python jobs/evaluate.py` from any directory
-    sys.path.insert(0, str(REPO))
-
-
-from alphaedit.models import load_model, resolve_device  # noqa: E402
-from eval import datasets as ds  # noqa: E402
-from eval.edited import edited_weights, read_checkpoint  # noqa: E402
-from eval.probes import TOY_TASKS, run_probes  # noqa: E402
-from eval.rewrite import counterfact_metrics, zsre_metrics  # noqa: E402
-from eval.toyworld import paths as toy  # noqa: E402
-from storage import names  # noqa: E402
+from alphaedit.editor import NonFiniteError
+from alphaedit.models import load_model, resolve_device
+from eval import datasets as ds
+from eval.edited import read_checkpoint
+from eval.probes import TOY_TASKS
+from eval.suite import EvalPlan, evaluate_edited
+from eval.toyworld import paths as toy
+from storage import names
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -96,14 +92,6 @@ def consistency_inputs(args: argparse.Namespace, toy_model: bool) -> tuple[Any, 
     return None, None
 
 
-def rewrite_rows(model, tok, ckpt, records, snippets, vec, args) -> list:
-    if ckpt.is_zsre:
-        return zsre_metrics(model, tok, records, batch_size=args.batch_size)
-    return counterfact_metrics(model, tok, records, snippets=snippets, vectorizer=vec,
-                               generation=not args.no_generation, batch_size=args.batch_size,
-                               generation_batch_size=args.batch_size, seed=args.seed)
-
-
 def print_table(title: str, pre: dict[str, float] | None, post: dict[str, float], n: dict[str, int]) -> None:
     print(f"\n{title}")
     print(f"{'metric':<34}{'pre':>10}{'post':>10}{'n':>7}")
@@ -118,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.zsre_to_counterfact:
         return convert_zsre(*args.zsre_to_counterfact)
     if not args.checkpoint:
-        raise SystemExit("pass a checkpoint folder (see --help)")
+        print("error: pass a checkpoint folder (see --help)", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
-    ckpt = read_checkpoint(args.checkpoint)
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model_name = args.model or run_model_path(ckpt.run)
     toy_model = is_toy(model_name)
     device = resolve_device(args.device)
@@ -134,23 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ([] if args.probes == "none" else args.probes.split(",")) if args.probes else (
         list(TOY_TASKS) if toy_model else [])
     timings: dict[str, float] = {"load": time.perf_counter() - t_start}
-
-    def timed(stage: str, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
-        return out
-
+    plan = EvalPlan(dataset=dataset, records=loaded.records,
+                    generation_records=0 if args.no_generation else len(loaded.records), snippets=snippets,
+                    vectorizer=vec, probe_tasks=tasks, probe_limit=args.probe_limit,
+                    probe_batch_size=args.batch_size, batch_size=args.batch_size,
+                    generation_batch_size=args.batch_size, seed=args.seed)
     rows: dict[str, list] = {}
     probe_rows: dict[str, list] = {}
     phases = ([] if args.no_pre else ["pre"]) + ["post"]
     for phase in phases:
-        ctx = edited_weights(model, deltas) if phase == "post" else nullcontext(model)
-        with ctx:
-            rows[phase] = timed(f"{phase}_rewrite", lambda: rewrite_rows(model, tok, ckpt, loaded.records,
-                                                                          snippets, vec, args))
-            probe_rows[phase] = timed(f"{phase}_probes", lambda: run_probes(
-                model, tok, tasks, limit=args.probe_limit, batch_size=args.batch_size) if tasks else [])
+        try:
+            result = evaluate_edited(model, tok, plan, deltas if phase == "post" else None)
+        except NonFiniteError as exc:  # was: NaN deltas scored as a model that gets nothing right
+            print(f"error: {ckpt.deltas_path}: {exc}", file=sys.stderr)
+            return 1
+        rows[phase], probe_rows[phase] = result.rows, result.probes
+        timings[f"{phase}_rewrite"], timings[f"{phase}_probes"] = result.seconds["metrics"], result.seconds["probes"]
     timings["total"] = time.perf_counter() - t_start
 
     method = ckpt.run.get("method", "?")

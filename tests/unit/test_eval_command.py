@@ -91,3 +91,53 @@ def test_zsre_conversion_command(tmp_path: Path) -> None:
 
     reqs = requests_from_counterfact(json.loads(out.read_text()))  # what jobs/edit.py does with --dataset
     assert [r.target_new for r in reqs] == [" Illinois Institute of Technology", " Lecanorales", " Treyarch"]
+
+
+def test_non_finite_deltas_are_refused_not_scored(tmp_path: Path, capsys) -> None:
+    """Was: NaN deltas scored as 0.00. Now exit 1 with one line naming the weight, and no JSON written."""
+    records = json.loads((FIXTURES / "counterfact_3.json").read_text())
+    ckpt, deltas = _checkpoint(tmp_path, records)
+    deltas[EDITED][0, 0] = float("nan")
+    save_file(deltas, str(ckpt / "deltas.safetensors"))
+    out_json = tmp_path / "out.json"
+    assert evaluate.main([str(ckpt), "--probes", "none", "--no-generation", "--json", str(out_json)]) == 1
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and EDITED in err and "Traceback" not in err
+    assert not out_json.exists()
+
+
+def test_not_a_checkpoint_is_exit_2(tmp_path: Path, capsys) -> None:
+    assert evaluate.main([str(tmp_path), "--probes", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "not a complete checkpoint folder" in err and "Traceback" not in err
+
+
+def test_one_entry_point_for_the_sweep_and_the_command(tmp_path: Path, monkeypatch) -> None:
+    """The sweep's evaluation task and jobs/evaluate.py give the same rows (both are eval.suite), and
+    generation records' probability metrics are scored once, not a second time and dropped."""
+    import numpy as np
+
+    import eval.rewrite
+    from cluster.workers import EvalRequest, evaluate_checkpoint
+
+    records = json.loads((FIXTURES / "counterfact_3.json").read_text())
+    ckpt, deltas = _checkpoint(tmp_path, records)
+    scored: list[int] = []
+    real = eval.rewrite.counterfact_probability_scores
+
+    def counting(model, tok, recs, **kw):
+        scored.append(len(recs))
+        return real(model, tok, recs, **kw)
+
+    monkeypatch.setattr(eval.rewrite, "counterfact_probability_scores", counting)
+    req = EvalRequest(run_id="r", edits_done=3, dataset="counterfact", records=tuple(records), probe_tasks=(),
+                      probe_limit=None, probe_batch_size=8, generation_records=2, seed=0)
+    out = evaluate_checkpoint(str(tmp_path / "model"), {k: v.numpy() for k, v in deltas.items()}, req)
+    assert scored == [3], scored  # was [3, 2]: the generation records' probabilities again
+    task_rows = {r["metric"]: r["value"] for r in out["metrics"]}
+    assert {r["metric"]: r["n_cases"] for r in out["metrics"]}["fluency"] == 2
+    out_json = tmp_path / "out.json"
+    assert evaluate.main([str(ckpt), "--probes", "none", "--no-pre", "--no-generation", "--json", str(out_json)]) == 0
+    cli_rows = _rows(json.loads(out_json.read_text()), "post")
+    assert cli_rows == pytest.approx({k: v for k, v in task_rows.items() if k in cli_rows})
+    assert set(task_rows) - set(cli_rows) == {"fluency"} and np.isfinite(task_rows["fluency"])

@@ -1,0 +1,104 @@
+"""The one evaluation entry point: rewrite metrics, generation metrics and probes of base + deltas.
+
+:func:`evaluate_edited` is what the sweep's evaluation tasks (:func:`cluster.workers.evaluate_checkpoint`)
+and the command line (``python -m jobs.evaluate``) call: the probability metrics of every record
+(efficacy, generalization, specificity and their magnitudes; zsRE token accuracies), fluency and
+consistency of the first ``generation_records`` CounterFact records (generation is the slow part;
+their probability metrics are not computed a second time), then the lm-eval probes, all on the base
+weights plus ``deltas``. Non-finite deltas are refused (they would score as a model that predicts
+nothing); the base weights are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from alphaedit.editor import check_finite
+from eval.datasets import CounterFactRecord, Snippets, ZsreRecord
+from eval.probes import ProbeRow, resolve_tasks, run_probes
+from eval.rewrite import (
+    counterfact_generation_scores,
+    counterfact_metrics,
+    mean_over_records,
+    zsre_metrics,
+)
+from eval.rows import MetricRow
+from storage import names
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What to evaluate: the records (of one dataset), how many get generation metrics, which probes."""
+
+    dataset: str  # names.DATASET_COUNTERFACT | names.DATASET_ZSRE
+    records: Sequence[CounterFactRecord] | Sequence[ZsreRecord]
+    generation_records: int = 0  # CounterFact: fluency (and consistency) on the first N records
+    snippets: Snippets | None = None
+    vectorizer: Any | None = None
+    probe_tasks: Sequence[str | dict[str, Any]] = ()
+    probe_limit: int | float | None = None
+    probe_batch_size: int = 64
+    batch_size: int = 64  # rows per scoring forward
+    generation_batch_size: int = 32
+    seed: int = 0  # generation seed
+
+
+@dataclass
+class Evaluation:
+    """Rows of one evaluation and where its time went (``seconds``: metrics, probes)."""
+
+    rows: list[MetricRow]
+    probes: list[ProbeRow]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def generation_rows(model: nn.Module, tokenizer, records: Sequence[CounterFactRecord], plan: EvalPlan) -> list[MetricRow]:
+    """Fluency (and consistency when the plan has snippets and a vectorizer) of ``records``."""
+    gen = counterfact_generation_scores(model, tokenizer, records, plan.snippets, plan.vectorizer, seed=plan.seed,
+                                        batch_size=plan.generation_batch_size)
+    per_metric = {names.METRIC_FLUENCY: gen.fluency}
+    if plan.snippets is not None and plan.vectorizer is not None:
+        per_metric[names.METRIC_CONSISTENCY] = gen.consistency
+    rows = []
+    for metric, values in per_metric.items():
+        value, n = mean_over_records(values)
+        rows.append(MetricRow(plan.dataset, metric, value, n))
+    return rows
+
+
+def rewrite_rows(model: nn.Module, tokenizer, plan: EvalPlan) -> list[MetricRow]:
+    """The rewrite metrics of ``plan`` on ``model`` as it is (no deltas applied here)."""
+    if plan.dataset == names.DATASET_ZSRE:
+        return zsre_metrics(model, tokenizer, list(plan.records), batch_size=plan.batch_size)
+    records = list(plan.records)
+    rows = counterfact_metrics(model, tokenizer, records, generation=False, batch_size=plan.batch_size,
+                               dataset=plan.dataset)
+    if plan.generation_records > 0:
+        rows += generation_rows(model, tokenizer, records[: plan.generation_records], plan)
+    return rows
+
+
+def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
+                    deltas: Mapping[str, torch.Tensor] | None = None) -> Evaluation:
+    """Rewrite metrics and probes of ``model`` + ``deltas`` ({param name: W_edited - W_base}).
+
+    Raises :class:`alphaedit.editor.NonFiniteError` naming the weights when a delta holds NaN/Inf.
+    ``model`` holds its base weights again afterwards (also on an error).
+    """
+    from eval.edited import edited_weights
+
+    deltas = dict(deltas or {})
+    check_finite({f"delta of {name}": d for name, d in deltas.items()}, "the deltas to evaluate")
+    t0 = time.perf_counter()
+    with edited_weights(model, deltas):
+        rows = rewrite_rows(model, tokenizer, plan)
+        t_metrics = time.perf_counter() - t0
+        probes = run_probes(model, tokenizer, resolve_tasks(list(plan.probe_tasks)), limit=plan.probe_limit,
+                            batch_size=plan.probe_batch_size) if plan.probe_tasks else []
+    return Evaluation(rows, probes, {"metrics": t_metrics, "probes": time.perf_counter() - t0 - t_metrics})
