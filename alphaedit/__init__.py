@@ -3,6 +3,7 @@
 Pure numerics: imports torch, transformers, safetensors, numpy and the standard library only.
 """
 
+from alphaedit.api import EditCase, EditResult, edit
 from alphaedit.editor import (
     BatchDeltas,
     BatchReport,
@@ -40,7 +41,8 @@ from alphaedit.targets import compute_targets
 from alphaedit.templates import sample_context_templates
 
 __all__ = [
-    "METHODS", "PRESETS", "BatchDeltas", "BatchReport", "EditHparams", "EditRequest", "EditState", "Editor",
+    "METHODS", "PRESETS", "BatchDeltas", "BatchReport", "EditCase", "EditHparams", "EditRequest", "EditResult",
+    "EditState", "Editor", "edit",
     "InvalidRequestError", "MethodSpec", "ModelSpec", "SecondMoment", "SolveInputs", "TargetScores",
     "alphaedit_update", "apply_deltas", "compute_deltas", "compute_key_stats", "compute_targets", "emmet_update",
     "hparams_for", "kept_fraction", "known_model_types", "load_deltas", "load_stats", "memit_update",

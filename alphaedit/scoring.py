@@ -28,19 +28,26 @@ full logits (same numbers, more work).
 Targets are used verbatim: pass " Paris" (with the leading space) where the prompt ends before the
 answer word, as CounterFact's "prompt + ' ' + target" does. For a cross product of prompts and
 targets, build the pairs with :func:`cross_pairs`.
+
+On top of it, the CounterFact probability test (:func:`counterfact_probability_scores`: efficacy,
+generalization, specificity and their magnitudes per case), used by ``eval.rewrite`` and by
+:func:`alphaedit.edit`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from alphaedit.hooks import capture, cast_parameters, run_until_stopped
 from alphaedit.models import ModelSpec, UnknownModelTypeError, get_module, spec_for
+from alphaedit.requests import EditRequest
 from alphaedit.tokens import continuation_ids, encode, model_device, pad_id
 
 
@@ -321,3 +328,96 @@ def score_targets(
     nll_mean = torch.stack([x.mean() for x in token_nll]) if token_nll else torch.zeros(0)
     all_correct = torch.stack([x.all() for x in token_correct]) if token_correct else torch.zeros(0, dtype=torch.bool)
     return TargetScores(nll=nll_mean, token_nll=token_nll, argmax_correct=all_correct, token_correct=token_correct)
+
+
+# --- the CounterFact probability test (eval.rewrite's rewrite metrics and alphaedit.edit use it) ----
+
+#: Rewrite metrics are reported x100, like the paper's tables.
+SCALE = 100.0
+
+
+class ProbabilityCase(Protocol):
+    """What the probability test reads of a case: the request and its three kinds of prompts
+    (``eval.datasets.CounterFactRecord`` is one; so is ``alphaedit.api.EditCase``)."""
+
+    @property
+    def request(self) -> EditRequest: ...
+    @property
+    def rewrite_prompts(self) -> Sequence[str]: ...
+    @property
+    def paraphrase_prompts(self) -> Sequence[str]: ...
+    @property
+    def neighborhood_prompts(self) -> Sequence[str]: ...
+
+
+def probability_success(nll_new: torch.Tensor, nll_true: torch.Tensor, *, new_should_win: bool) -> torch.Tensor:
+    """CounterFact success booleans: ``NLL_true > NLL_new`` (rewrite/paraphrase) or ``<`` (neighborhood)."""
+    return (nll_true > nll_new) if new_should_win else (nll_true < nll_new)
+
+
+def probability_margin(nll_new: torch.Tensor, nll_true: torch.Tensor, *, new_should_win: bool) -> torch.Tensor:
+    """``exp(-NLL_new) - exp(-NLL_true)``, sign flipped when the true target should win."""
+    diff = torch.exp(-nll_new) - torch.exp(-nll_true)
+    return diff if new_should_win else -diff
+
+
+def per_record_mean(values: torch.Tensor, owners: Sequence[int], n_records: int) -> torch.Tensor:
+    """(n_records,) mean of ``values[j]`` over the j with ``owners[j] == record``; NaN where none."""
+    owner = torch.as_tensor(list(owners), dtype=torch.long)
+    sums = torch.zeros(n_records, dtype=torch.float64).index_add(0, owner, values.double())
+    counts = torch.zeros(n_records, dtype=torch.float64).index_add(0, owner, torch.ones(len(owner), dtype=torch.float64))
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
+
+
+def mean_over_records(per_record: torch.Tensor | Sequence[float]) -> tuple[float, int]:
+    """(mean x100, number of records) over records with a value (NaN = no value)."""
+    vals = torch.as_tensor(per_record, dtype=torch.float64)
+    has = ~torch.isnan(vals)
+    n = int(has.sum())
+    return (float(vals[has].mean()) * SCALE if n else math.nan), n
+
+
+
+@dataclass(frozen=True)
+class CounterFactScores:
+    """Per-record values (n_records,), unscaled; NaN where a record has no prompt of that kind."""
+
+    efficacy: torch.Tensor
+    generalization: torch.Tensor
+    specificity: torch.Tensor
+    efficacy_magnitude: torch.Tensor
+    generalization_magnitude: torch.Tensor
+    specificity_magnitude: torch.Tensor
+
+
+def counterfact_probability_scores(model: nn.Module, tokenizer, records: Sequence[ProbabilityCase],
+                                   *, batch_size: int = 64) -> CounterFactScores:
+    """The probability tests of all records: both targets after every prompt, in padded batches."""
+    kinds = {"rewrite": (lambda r: r.rewrite_prompts, True),
+             "paraphrase": (lambda r: r.paraphrase_prompts, True),
+             "neighborhood": (lambda r: r.neighborhood_prompts, False)}
+    prompts: list[str] = []
+    news: list[str] = []
+    trues: list[str] = []
+    spans: dict[str, tuple[int, int, list[int]]] = {}
+    for kind, (get, _) in kinds.items():
+        start, owners = len(prompts), []
+        for i, rec in enumerate(records):
+            for p in get(rec):
+                prompts.append(p)
+                news.append(rec.request.target_new)
+                trues.append(rec.request.target_true)
+                owners.append(i)
+        spans[kind] = (start, len(prompts), owners)
+    n = len(prompts)
+    nll = score_targets(model, tokenizer, prompts + prompts, news + trues, batch_size=batch_size).nll  # (2n,)
+    nll_new, nll_true = nll[:n], nll[n:]
+    out: dict[str, torch.Tensor] = {}
+    for (kind, (_, new_wins)), metric in zip(kinds.items(), ("efficacy", "generalization", "specificity"),
+                                             strict=True):
+        lo, hi, owners = spans[kind]
+        ok = probability_success(nll_new[lo:hi], nll_true[lo:hi], new_should_win=new_wins).float()
+        margin = probability_margin(nll_new[lo:hi], nll_true[lo:hi], new_should_win=new_wins)
+        out[metric] = per_record_mean(ok, owners, len(records))
+        out[f"{metric}_magnitude"] = per_record_mean(margin, owners, len(records))
+    return CounterFactScores(**out)

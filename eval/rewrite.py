@@ -39,7 +39,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from alphaedit.scoring import score_targets
+from alphaedit.scoring import (  # the probability test lives beside the scorer (alphaedit.edit uses it too)
+    SCALE,  # noqa: F401  (re-exported: eval.rewrite has always offered these)
+    CounterFactScores,  # noqa: F401
+    counterfact_probability_scores,
+    mean_over_records,
+    per_record_mean,  # noqa: F401
+    probability_margin,  # noqa: F401
+    probability_success,  # noqa: F401
+    score_targets,
+)
 from eval.datasets import CounterFactRecord, Snippets, ZsreRecord
 from eval.generation import sample_top_k
 from eval.rows import MetricRow
@@ -47,37 +56,7 @@ from storage import names
 
 logger = logging.getLogger(__name__)
 
-SCALE = 100.0
-
-
 # --- pure pieces ---------------------------------------------------------------------------------
-
-def probability_success(nll_new: torch.Tensor, nll_true: torch.Tensor, *, new_should_win: bool) -> torch.Tensor:
-    """CounterFact success booleans: ``NLL_true > NLL_new`` (rewrite/paraphrase) or ``<`` (neighborhood)."""
-    return (nll_true > nll_new) if new_should_win else (nll_true < nll_new)
-
-
-def probability_margin(nll_new: torch.Tensor, nll_true: torch.Tensor, *, new_should_win: bool) -> torch.Tensor:
-    """``exp(-NLL_new) - exp(-NLL_true)``, sign flipped when the true target should win."""
-    diff = torch.exp(-nll_new) - torch.exp(-nll_true)
-    return diff if new_should_win else -diff
-
-
-def per_record_mean(values: torch.Tensor, owners: Sequence[int], n_records: int) -> torch.Tensor:
-    """(n_records,) mean of ``values[j]`` over the j with ``owners[j] == record``; NaN where none."""
-    owner = torch.as_tensor(list(owners), dtype=torch.long)
-    sums = torch.zeros(n_records, dtype=torch.float64).index_add(0, owner, values.double())
-    counts = torch.zeros(n_records, dtype=torch.float64).index_add(0, owner, torch.ones(len(owner), dtype=torch.float64))
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
-
-
-def mean_over_records(per_record: torch.Tensor | Sequence[float]) -> tuple[float, int]:
-    """(mean x100, number of records) over records with a value (NaN = no value)."""
-    vals = torch.as_tensor(per_record, dtype=torch.float64)
-    has = ~torch.isnan(vals)
-    n = int(has.sum())
-    return (float(vals[has].mean()) * SCALE if n else math.nan), n
-
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -129,51 +108,6 @@ def tfidf_similarity(text_a: str, text_b: str, vectorizer: Any) -> float:
 
 
 # --- CounterFact ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CounterFactScores:
-    """Per-record values (n_records,), unscaled; NaN where a record has no prompt of that kind."""
-
-    efficacy: torch.Tensor
-    generalization: torch.Tensor
-    specificity: torch.Tensor
-    efficacy_magnitude: torch.Tensor
-    generalization_magnitude: torch.Tensor
-    specificity_magnitude: torch.Tensor
-
-
-def counterfact_probability_scores(model: nn.Module, tokenizer, records: Sequence[CounterFactRecord],
-                                   *, batch_size: int = 64) -> CounterFactScores:
-    """The probability tests of all records: both targets after every prompt, in padded batches."""
-    kinds = {"rewrite": (lambda r: r.rewrite_prompts, True),
-             "paraphrase": (lambda r: r.paraphrase_prompts, True),
-             "neighborhood": (lambda r: r.neighborhood_prompts, False)}
-    prompts: list[str] = []
-    news: list[str] = []
-    trues: list[str] = []
-    spans: dict[str, tuple[int, int, list[int]]] = {}
-    for kind, (get, _) in kinds.items():
-        start, owners = len(prompts), []
-        for i, rec in enumerate(records):
-            for p in get(rec):
-                prompts.append(p)
-                news.append(rec.request.target_new)
-                trues.append(rec.request.target_true)
-                owners.append(i)
-        spans[kind] = (start, len(prompts), owners)
-    n = len(prompts)
-    nll = score_targets(model, tokenizer, prompts + prompts, news + trues, batch_size=batch_size).nll  # (2n,)
-    nll_new, nll_true = nll[:n], nll[n:]
-    out: dict[str, torch.Tensor] = {}
-    for (kind, (_, new_wins)), metric in zip(kinds.items(), ("efficacy", "generalization", "specificity"),
-                                             strict=True):
-        lo, hi, owners = spans[kind]
-        ok = probability_success(nll_new[lo:hi], nll_true[lo:hi], new_should_win=new_wins).float()
-        margin = probability_margin(nll_new[lo:hi], nll_true[lo:hi], new_should_win=new_wins)
-        out[metric] = per_record_mean(ok, owners, len(records))
-        out[f"{metric}_magnitude"] = per_record_mean(margin, owners, len(records))
-    return CounterFactScores(**out)
-
 
 @dataclass(frozen=True)
 class GenerationScores:
