@@ -10,7 +10,7 @@ from torch import nn
 
 from alphaedit.hooks import capture, run_until_stopped
 from alphaedit.models import ModelSpec
-from alphaedit.prompts import request_prompts, subject_prompts
+from alphaedit.prompts import SubjectPrompt, request_prompts, subject_prompts
 from alphaedit.requests import EditRequest
 from alphaedit.templates import Templates, flat_templates
 from alphaedit.tokens import model_device, pad_id, right_pad
@@ -40,7 +40,8 @@ def subject_representations(
     Key of request r (reference ``compute_ks``): the input of the edited projection at the subject's
     last token, averaged within each template group, then over groups (k = ½ k_bare + ½ mean_5 k_pre).
     The block output is taken on the bare prompt (first template, "{}"). The forward stops after the
-    deepest module needed.
+    deepest module needed: the bare prompts run to ``block_layer``, the other rows only to the deepest
+    key layer.
     """
     flat = flat_templates(templates)
     if flat[0] != "{}":
@@ -56,21 +57,24 @@ def subject_representations(
     deepest = max(key_layers + ([block_layer] if block_layer is not None else []))
     stop = spec.block_name(deepest) if block_layer == deepest else spec.mlp_out_name(deepest)
 
-    per_row: dict[str, list[torch.Tensor]] = {name: [] for name in key_names + block_names}
+    # Only the bare prompts' block output is read, so the other rows stop after the deepest key
+    # module (reference compute_ks/compute_z read the same values from full-depth passes).
+    parts = [(list(range(len(prompts))), key_names, block_names, stop)]
+    if block_layer is not None and max(key_layers) < block_layer and n_tmpl > 1:
+        bare = list(range(0, len(prompts), n_tmpl))
+        rest = [i for i in range(len(prompts)) if i % n_tmpl != 0]
+        parts = [(bare, key_names, block_names, stop), (rest, key_names, [], spec.mlp_out_name(max(key_layers)))]
+    per_row: dict[str, torch.Tensor] = {}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_rows):
-            chunk = prompts[start : start + batch_rows]
-            input_ids, mask = right_pad([p.ids for p in chunk], pad, device)
-            rows = torch.arange(len(chunk), device=device)
-            cols = torch.tensor([p.lookup for p in chunk], device=device)
-            with capture(model, inputs_of=key_names, outputs_of=block_names, stop_after=stop) as store:
-                run_until_stopped(model, input_ids, mask)
-            for name in key_names:
-                per_row[name].append(store["in:" + name][rows, cols].float())
-            for name in block_names:
-                per_row[name].append(store["out:" + name][rows, cols].float())
+        for index, ins, outs, last in parts:
+            got = _captured_at_lookup(model, [prompts[i] for i in index], ins, outs, last, pad, device, batch_rows)
+            at = torch.as_tensor(index, dtype=torch.long)
+            for name, values in got.items():
+                if name not in per_row:
+                    per_row[name] = values.new_zeros((len(prompts), values.shape[1]))
+                per_row[name][at] = values
     finally:
         model.train(was_training)
 
@@ -80,11 +84,27 @@ def subject_representations(
         offset += len(group)
     keys, bare_keys = {}, {}
     for layer, name in zip(key_layers, key_names, strict=True):
-        k = torch.cat(per_row[name]).view(u, n_tmpl, -1)  # (u, T, d_k)
+        k = per_row["in:" + name].view(u, n_tmpl, -1)  # (u, T, d_k)
         keys[layer] = torch.stack([k[:, s].mean(1) for s in group_slices]).mean(0)  # (u, d_k)
         bare_keys[layer] = k[:, 0]  # (u, d_k)
     block_out = None
     if block_names:
-        h = torch.cat(per_row[block_names[0]]).view(u, n_tmpl, -1)  # (u, T, d_model)
-        block_out = h[:, 0]  # bare prompt
+        block_out = per_row["out:" + block_names[0]].view(u, n_tmpl, -1)[:, 0]  # (u, d_model), bare prompt
     return SubjectReps(keys=keys, block_out=block_out, bare_keys=bare_keys)
+
+
+def _captured_at_lookup(model: nn.Module, prompts: Sequence[SubjectPrompt], inputs_of: Sequence[str],
+                        outputs_of: Sequence[str], stop: str, pad: int, device: torch.device, batch_rows: int
+                        ) -> dict[str, torch.Tensor]:
+    """"in:<name>" / "out:<name>" -> (len(prompts), d) float32 at each prompt's lookup token."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(prompts), batch_rows):
+        chunk = prompts[start : start + batch_rows]
+        input_ids, mask = right_pad([p.ids for p in chunk], pad, device)
+        rows = torch.arange(len(chunk), device=device)
+        cols = torch.tensor([p.lookup for p in chunk], device=device)
+        with capture(model, inputs_of=inputs_of, outputs_of=outputs_of, stop_after=stop) as store:
+            run_until_stopped(model, input_ids, mask)
+        for key in [f"in:{n}" for n in inputs_of] + [f"out:{n}" for n in outputs_of]:
+            out.setdefault(key, []).append(store[key][rows, cols].float())
+    return {key: torch.cat(values) for key, values in out.items()}
