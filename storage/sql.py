@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import polars as pl
 
 from storage import names
 from storage import queries as canned_queries
+from storage.views import VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,30 @@ def check_select_only(sql: str) -> None:
             )
 
 
+class MissingViewError(ValueError):
+    """The SQL names an analysis view (storage/views.py) that this file does not have yet."""
+
+
 def select(con: Any, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
-    """Run a SELECT-only ``sql`` on ``con`` and return a polars frame (params as ``$name``)."""
+    """Run a SELECT-only ``sql`` on ``con`` and return a polars frame (params as ``$name``).
+
+    A query on an analysis view the file lacks (written by code older than the view) raises
+    :class:`MissingViewError`, which says how to add the views.
+    """
+    import duckdb
+
     check_select_only(sql)
-    return con.sql(sql, params=params).pl() if params else con.sql(sql).pl()
+    try:
+        return con.sql(sql, params=params).pl() if params else con.sql(sql).pl()
+    except duckdb.CatalogException as e:
+        missing = [v.name for v in VIEWS if re.search(rf"\b{v.name}\b", str(e))]
+        if not missing:
+            raise
+        raise MissingViewError(
+            f"{str(e).splitlines()[0]} The view {missing[0]} is made by storage.writer.ResultWriter each time it opens a results "
+            "file, and this file was last opened by older code: open it once with ResultWriter(path) (any writer, "
+            "e.g. the next sweep into it) to add the views (nothing stored changes)."
+        ) from e
 
 
 def canned(con: Any, name: str, params: dict[str, Any] | None = None) -> pl.DataFrame:

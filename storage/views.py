@@ -13,6 +13,8 @@ both get them (they are not a schema version: nothing stored changes). Every vie
 * ``v_points``: one row per run x dataset x ``edits_done`` (an evaluation point), one column per
   rewrite metric (``dataset`` here and in ``v_metrics`` is the dataset measured, ``metrics.dataset``).
 * ``v_probes``: ``probes``, long, with ``probe = task.metric``, the run's unedited value and the delta.
+* ``v_probe_points``: one row per run x ``edits_done`` with every probe in one MAP column, ``probes``
+  (``probes['real_knowledge.acc']``): the tasks are data, and a view cannot pivot on data in DuckDB.
 * ``v_stage_times``: one row per run x stage: seconds and calls, ``part_of`` for the stages whose
   time another stage already contains (``targets`` and ``solve`` are inside ``edit_batch``), and
   ``items`` split into ``n_items`` (edits, records, layers) and ``bytes`` (checkpoints).
@@ -157,6 +159,13 @@ LEFT JOIN probes AS b ON b.run_id = p.run_id AND b.task = p.task AND b.metric = 
     AND b.edits_done = {names.UNEDITED_EDITS_DONE}
 ORDER BY r.model, r.method, r.dataset, r.batch_size, r.n_edits, r.seed, r.run_id, p.edits_done, p.task, p.metric"""
 
+_PROBE_POINTS_SQL = f"""SELECT {_RUN_COLUMNS}, p.edits_done,
+    map(list(p.task || '.' || p.metric ORDER BY p.task, p.metric), list(p.value ORDER BY p.task, p.metric)) AS probes,
+    {_RUN_IDS}
+FROM probes AS p JOIN runs AS r ON r.run_id = p.run_id
+GROUP BY ALL
+ORDER BY r.model, r.method, r.dataset, r.batch_size, r.n_edits, r.seed, r.run_id, p.edits_done"""
+
 _STAGE_TIMES_SQL = f"""SELECT {_RUN_COLUMNS}, t.stage, any_value(s.part_of) AS part_of, count(*) AS n_calls,
     sum(t.seconds) AS seconds, any_value(s.item_unit) AS item_unit,
     CASE WHEN any_value(s.item_unit) = 'bytes' THEN NULL ELSE CAST(sum(t.items) AS BIGINT) END AS n_items,
@@ -191,6 +200,8 @@ VIEWS: tuple[ViewSpec, ...] = (
              "metric (units in metric_units; NULL where not measured).", _points_sql()),
     ViewSpec("v_probes", "probes joined with its run; probe = task.metric, unit, the run's unedited value "
              "(edits_done 0) and delta = value - unedited.", _PROBES_SQL),
+    ViewSpec("v_probe_points", "One row per run x edits_done with probes: probes is a MAP from task.metric to "
+             "value (probes['real_knowledge.acc']); one key per probe measured there.", _PROBE_POINTS_SQL),
     ViewSpec("v_stage_times", "One row per run x stage: calls and seconds; part_of names the stage that "
              "already contains these seconds (do not add them to it); items as n_items (edits, records, "
              "layers) or bytes (checkpoints).", _STAGE_TIMES_SQL),

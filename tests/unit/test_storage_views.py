@@ -10,6 +10,7 @@ import pytest
 from storage import names
 from storage.reader import ResultsReader, read_sql
 from storage.schema import apply_comments, migrate
+from storage.sql import MissingViewError
 from storage.views import METRIC_UNITS, STAGE_UNITS, VIEWS
 from storage.writer import ResultWriter, RunSpec
 
@@ -113,6 +114,15 @@ def test_v_probes_unedited_value_and_delta(db):
     assert no_base["unedited"] is None and no_base["delta"] is None
 
 
+def test_v_probe_points_one_row_per_evaluation_point_probes_by_name(db):
+    got = read_sql(db, "SELECT run_id, edits_done, probes['real_knowledge.acc'] AS acc, "
+                       "probes['real_knowledge.perplexity'] AS ppl, cardinality(probes) AS n FROM v_probe_points")
+    assert got.rows() == [("ae-0", 0, 0.88, None, 1), ("ae-0", 20, 0.85, 12.5, 2), ("me-0", 20, 0.80, None, 1)]
+    cols = read_sql(db, "SELECT * FROM v_probe_points").columns
+    assert cols == ["model", "method", "dataset", "batch_size", "n_edits", "seed", "edits_done", "probes",
+                    "sweep_id", "run_id"]
+
+
 def test_v_stage_times_parts_and_bytes(db):
     got = read_sql(db, "SELECT * FROM v_stage_times WHERE run_id = 'ae-0'")
     by = {r["stage"]: r for r in got.iter_rows(named=True)}
@@ -152,6 +162,10 @@ def test_views_come_to_existing_files_and_travel_with_snapshots(tmp_path):
     con.close()
     with ResultsReader(old) as r:
         assert r.sql("SELECT count(*) AS n FROM duckdb_views() WHERE NOT internal")["n"][0] == 0
+        with pytest.raises(MissingViewError, match="open it once with ResultWriter"):
+            r.sql("SELECT * FROM v_points")
+        with pytest.raises(duckdb.CatalogException):  # other missing names: DuckDB's own error
+            r.sql("SELECT * FROM v_pointless")
     with ResultWriter(old) as w:
         w.register_runs([RunSpec(run_id="a", sweep_id="s", model="toy", method="memit", dataset="counterfact",
                                  batch_size=1, n_edits=1, seed=0)])
@@ -176,7 +190,7 @@ def test_views_are_documented_with_an_example():
     for view in VIEWS:
         assert f"`{view.name}`" in body, f"storage/README.md does not document view {view.name}"
     readme = (REPO / "README.md").read_text()
-    for view in ("v_points", "v_metrics", "v_probes", "v_stage_times", "v_run_times"):
+    for view in ("v_points", "v_metrics", "v_probes", "v_probe_points", "v_stage_times", "v_run_times"):
         assert f"FROM {view}" in readme, f"README.md has no example query on {view}"
 
 
