@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,19 +25,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_head(temp_dir: str, timeout_s: float = 30.0) -> int:
+    """Stop the Ray head started with ``--temp-dir temp_dir`` and only it; return the processes stopped.
+
+    ``ray stop`` would stop every Ray instance on the machine (another user's sweep, a parallel test
+    session); the head's own processes carry ``temp_dir`` in their command lines, and its workers and
+    agents are their children.
+    """
+    import psutil
+
+    def is_own(cmdline: list[str]) -> bool:  # a Ray program (binary or module) of this head's session
+        return (any(f"{temp_dir}/session" in a for a in cmdline)
+                and any("/ray/" in a or a.endswith(("raylet", "gcs_server")) for a in cmdline[:3]))
+
+    own = [p for p in psutil.process_iter(["cmdline"]) if is_own(p.info["cmdline"] or [])]
+    tree = set(own)
+    for p in own:
+        with contextlib.suppress(psutil.Error):
+            tree.update(p.children(recursive=True))
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(tree), timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return len(tree)
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
     dport = _free_port()
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
-                    "--dashboard-port", str(dport), "--include-dashboard", "true", "--disable-usage-stats"],
-                   env=env, check=True, timeout=180, capture_output=True)
+    temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths live under it
     try:
+        subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
+                        "--dashboard-port", str(dport), "--include-dashboard", "true", "--disable-usage-stats",
+                        "--temp-dir", temp_dir], env=env, check=True, timeout=180, capture_output=True)
         yield f"http://127.0.0.1:{dport}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=180, capture_output=True)
+        stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _submit(address: str, env: dict, *overrides: str) -> subprocess.CompletedProcess:
