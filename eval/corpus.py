@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,17 @@ def _random_subset(spec: CorpusSpec) -> Iterator[str]:
         yield texts[i]
 
 
+#: ``datasets.load_dataset`` is not thread-safe (its file resolution runs tqdm's ``thread_map``, whose
+#: lock handling races: ``AttributeError: type object 'tqdm' has no attribute '_lock'``), and a sweep's
+#: models read their corpora in parallel driver threads: one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_dataset(datasets, *args, **kwargs):
+    with _LOAD_LOCK:
+        return datasets.load_dataset(*args, **kwargs)
+
+
 def _hub_dataset(spec: CorpusSpec, streaming: bool):
     import datasets
 
@@ -120,7 +132,7 @@ def _hub_dataset(spec: CorpusSpec, streaming: bool):
     else:
         raise ValueError(f"unknown corpus kind {spec.kind!r}; use wikipedia, wikitext, files or toywiki")
     try:
-        return datasets.load_dataset(*args, split=spec.split, streaming=streaming)
+        return _load_dataset(datasets, *args, split=spec.split, streaming=streaming)
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
         raise CorpusUnavailableError(
             f"cannot read {'/'.join(args)} split {spec.split!r} ({type(exc).__name__}: {exc}). It comes from the "
@@ -166,7 +178,7 @@ def _file_texts(spec: CorpusSpec, datasets) -> Iterator[str]:
         builder, text_field = "json", spec.text_field
     else:
         raise CorpusUnavailableError(f"corpus files must all be .txt or all .json/.jsonl, got {sorted(suffixes)}")
-    ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=True)
+    ds = _load_dataset(datasets, builder, data_files=[str(p) for p in paths], split="train", streaming=True)
     for row in ds:
         if text_field not in row:
             raise CorpusUnavailableError(f"{spec.files}: rows have no field {text_field!r} "
