@@ -33,7 +33,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -193,12 +193,38 @@ class ZsreScores:
     specificity: torch.Tensor
 
 
+ZsreAnswerTokens = Literal["clean", "reference"]
+
+
+def zsre_answer_prefix(tokenizer, answer_tokens: ZsreAnswerTokens) -> str:
+    """The text put before every zsRE answer: ``""`` (clean), or, in ``"reference"`` mode, the BOS token's
+    text when the tokenizer starts every encoding with it.
+
+    The reference's ``eval_utils_zsre.py`` scores ``tok(" " + answer)["input_ids"]``, which for a
+    tokenizer that adds BOS (Llama-3) starts with BOS: the model is asked to predict BOS after the
+    prompt (it never does) and reads the answer after prompt + BOS, which caps its zsRE numbers
+    (Llama-3 specificity most visibly). ``"reference"`` reproduces that; ``"clean"`` (the default)
+    scores the answer's own tokens. Tokenizers without a BOS (GPT-2, GPT-J, SmolLM2) give the same
+    numbers in both modes.
+    """
+    if answer_tokens not in ("clean", "reference"):
+        raise ValueError(f"zsRE answer_tokens must be 'clean' or 'reference', got {answer_tokens!r}")
+    if answer_tokens == "clean":
+        return ""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer(" x")["input_ids"]
+    return tokenizer.bos_token if bos is not None and ids and ids[0] == bos else ""
+
+
 def zsre_token_accuracy_scores(model: nn.Module, tokenizer, records: Sequence[ZsreRecord], *,
-                               batch_size: int = 64) -> ZsreScores:
-    """Token-level teacher-forced top-1 accuracy per record, for rewrite, paraphrase and neighborhood."""
+                               batch_size: int = 64, answer_tokens: ZsreAnswerTokens = "clean") -> ZsreScores:
+    """Token-level teacher-forced top-1 accuracy per record, for rewrite, paraphrase and neighborhood
+    (``answer_tokens``: see :func:`zsre_answer_prefix`)."""
     prompts = ([r.src for r in records] + [r.rephrase for r in records]
                + [r.neighborhood_prompt for r in records])
-    targets = [_leading_space(r.target) for r in records] * 2 + [_leading_space(r.loc_ans) for r in records]
+    head = zsre_answer_prefix(tokenizer, answer_tokens)
+    targets = [head + _leading_space(r.target) for r in records] * 2 + [head + _leading_space(r.loc_ans)
+                                                                        for r in records]
     scores = score_targets(model, tokenizer, prompts, targets, batch_size=batch_size)
     acc = torch.tensor([float(c.float().mean()) for c in scores.token_correct], dtype=torch.float64)
     n = len(records)
@@ -206,11 +232,11 @@ def zsre_token_accuracy_scores(model: nn.Module, tokenizer, records: Sequence[Zs
 
 
 def zsre_metrics(model: nn.Module, tokenizer, records: Sequence[ZsreRecord], *, batch_size: int = 64,
-                 dataset: str = names.DATASET_ZSRE) -> list[MetricRow]:
+                 dataset: str = names.DATASET_ZSRE, answer_tokens: ZsreAnswerTokens = "clean") -> list[MetricRow]:
     """zsRE rows (x100): efficacy, generalization, specificity as token-level top-1 accuracies."""
     if not records:
         raise ValueError("zsre_metrics: no records to score")
-    s = zsre_token_accuracy_scores(model, tokenizer, records, batch_size=batch_size)
+    s = zsre_token_accuracy_scores(model, tokenizer, records, batch_size=batch_size, answer_tokens=answer_tokens)
     rows = []
     for metric, values in ((names.METRIC_EFFICACY, s.efficacy), (names.METRIC_GENERALIZATION, s.generalization),
                            (names.METRIC_SPECIFICITY, s.specificity)):

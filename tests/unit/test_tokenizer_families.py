@@ -73,8 +73,9 @@ FAMILIES = {"byte_level_bpe": _byte_level, "sentencepiece_legacy": _sentencepiec
 
 
 def _hf(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>" if tok.token_to_id("<unk>") is not None
-                                   else None, eos_token="</s>" if tok.token_to_id("</s>") is not None else "<|bos|>")
+    sp = tok.token_to_id("<s>") is not None
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>" if sp else None,
+                                   bos_token="<s>" if sp else "<|bos|>", eos_token="</s>" if sp else "<|bos|>")
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -135,3 +136,29 @@ def test_lengths_must_match() -> None:
     tok = _hf(_byte_level())
     with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
         continuation_ids(tok, ["a", "b"], ["c"])
+
+
+def test_zsre_reference_mode_puts_bos_before_the_answer() -> None:
+    """The reference scores tok(" " + answer), which starts with BOS for a BOS-adding tokenizer: the
+    answer's first "token" is BOS, which caps the accuracy; without a BOS both modes agree."""
+    from eval.datasets import ZsreRecord
+    from eval.rewrite import zsre_answer_prefix, zsre_token_accuracy_scores
+
+    tok = _hf(_byte_level())  # adds <|bos|>
+    assert zsre_answer_prefix(tok, "clean") == "" and zsre_answer_prefix(tok, "reference") == "<|bos|>"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    rec = ZsreRecord(case_id=0, subject="France", src="The capital of France is", rephrase="France's capital is",
+                     answers=("Paris",), loc="The capital of Italy is", loc_ans="Rome")
+    clean = zsre_token_accuracy_scores(model, tok, [rec])
+    ref = zsre_token_accuracy_scores(model, tok, [rec], answer_tokens="reference")
+    n_answer = len(continuation_ids(tok, [rec.src], [" Paris"])[0])
+    # One more scored token (BOS, never the argmax of a random model's 1000-way output here).
+    assert float(ref.efficacy[0]) <= n_answer / (n_answer + 1) and float(clean.efficacy[0]) >= 0.0
+    plain = _hf(_sentencepiece_metaspace())
+    plain._tokenizer.post_processor = None  # no BOS added: the modes agree
+    assert zsre_answer_prefix(plain, "reference") == ""
+    with pytest.raises(ValueError, match="'clean' or 'reference'"):
+        zsre_answer_prefix(tok, "bos")
