@@ -413,6 +413,56 @@ class ResultWriter:
         log.info("snapshot of %s written to %s", self._path, dest)
         return dest
 
+    def merge_from(self, source: str | os.PathLike[str]) -> dict[str, int]:
+        """Copy every row of the results file ``source`` into this one, in one transaction; return
+        {table: rows copied}.
+
+        For sweeps written to separate files (e.g. two methods run side by side, each with its own
+        writer). ``source`` is opened read-only and must have this code's schema version (open it
+        once with a ``ResultWriter`` to migrate it). Rows whose key is already here are refused, all
+        of them named at once, and nothing is copied; ``schema_version`` is not copied.
+        """
+        src = Path(source)
+        if not src.is_file():
+            raise FileNotFoundError(f"merge: {src} does not exist")
+        if src.resolve() == self._path.resolve():
+            raise ValueError(f"merge: {src} is the file being written")
+        probe = sqlh.connect(src, read_only=True)
+        try:
+            from storage.schema import check_version
+
+            check_version(probe, str(src))
+        finally:
+            probe.close()
+        alias = f"merge_{uuid.uuid4().hex[:12]}"
+        tables = [t for t in TABLES if t != names.TABLE_SCHEMA_VERSION]
+        copied: dict[str, int] = {}
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError(f"ResultWriter for {self._path} is closed")
+            self._con.execute(f"ATTACH '{sqlh._sql_str(src)}' AS {alias} (READ_ONLY)")
+            try:
+                clashes = []
+                for t in tables:
+                    key = " AND ".join(f"a.{k} IS NOT DISTINCT FROM b.{k}" for k in TABLES[t].key)
+                    n = self._con.execute(f"SELECT count(*) FROM {t} a JOIN {alias}.{t} b ON {key}").fetchall()[0][0]
+                    if n:
+                        clashes.append(f"{t}: {n} row(s)")
+                if clashes:
+                    raise ValueError(f"merge: {src} has rows whose keys {self._path} already holds "
+                                     f"({'; '.join(clashes)}); nothing was copied. Merge files of different "
+                                     "sweeps (or rerun the sweep into one file).")
+                with self._transaction() as con:
+                    for t in tables:
+                        cols = ", ".join(TABLES[t].column_names)
+                        before = con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                        con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {alias}.{t}")
+                        copied[t] = con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] - before
+            finally:
+                self._con.execute(f"DETACH {alias}")
+        log.info("merged %s into %s: %s", src, self._path, copied)
+        return copied
+
     def export_parquet(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write every table to ``out_dir/<table>.parquet``; see :func:`storage.sql.export_parquet`."""
         with self._lock:

@@ -262,3 +262,38 @@ def test_query_through_writer_refuses_writes(writer):
     with pytest.raises(QueryRejectedError):
         writer.query("DELETE FROM runs")
     assert count(writer, "runs") == 1
+
+
+# --- merging files -------------------------------------------------------------------------------
+
+def _file_with(tmp_path, name: str, run_id: str, value: float):
+    path = tmp_path / name
+    with ResultWriter(path) as w:
+        w.register_runs([spec(run_id, sweep_id=f"s-{run_id}")])
+        w.write(metrics=metric_rows(run_id, value),
+                timings=[{"run_id": run_id, "stage": "edit_batch", "seconds": 1.5, "items": 10, "step": 1}])
+    return path
+
+
+def test_merge_copies_every_row_and_refuses_clashes_whole(tmp_path):
+    from storage.merge import main as merge_main
+
+    a, b = _file_with(tmp_path, "a.duckdb", "ra", 90.0), _file_with(tmp_path, "b.duckdb", "rb", 80.0)
+    dest = tmp_path / "all.duckdb"
+    assert merge_main(["--into", str(dest), str(a), str(b)]) == 0
+    with ResultWriter(dest) as w:
+        assert count(w, "runs") == 2 and count(w, "metrics") == 12 and count(w, "timings") == 2
+        assert w.query("SELECT value FROM metrics WHERE run_id = 'rb' AND edits_done = 10 "
+                       "AND metric = 'efficacy'")["value"][0] == 70.0
+        with pytest.raises(ValueError, match=r"runs: 1 row\(s\).*metrics: 6 row\(s\).*nothing was copied"):
+            w.merge_from(a)
+        assert count(w, "runs") == 2 and count(w, "metrics") == 12  # nothing half-copied
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            w.merge_from(tmp_path / "missing.duckdb")
+        with pytest.raises(ValueError, match="is the file being written"):
+            w.merge_from(dest)
+    not_results = tmp_path / "plain.duckdb"
+    import duckdb
+
+    duckdb.connect(str(not_results)).close()
+    assert merge_main(["--into", str(dest), str(not_results)]) == 1
