@@ -2,9 +2,11 @@
 
 Driver-side orchestration only; the work itself is in :mod:`cluster.workers` (plain Python).
 
-* Key statistics of a model come from the artifact store when present; otherwise Ray tasks each
-  compute one shard of the corpus (all edited layers in one pass), the driver merges them exactly
-  and stores one artifact per layer, so the next sweep on the same model computes nothing.
+* Key statistics of a model come from the artifact store when present (read and checked by a
+  task); otherwise Ray tasks each read and compute one shard of the corpus (all edited layers in one
+  pass) and a task merges them exactly and stores one artifact per layer, so the next sweep on the
+  same model computes nothing (:mod:`cluster.statistics`). The driver holds keys and object
+  references only; the cells of a model share one fetch per set of statistics.
 * One editor actor per model runs its cells one after the other (weights restored between cells);
   several models run in parallel on different actors.
 * Every ``eval_every`` edits the actor's deltas go (as an ObjectRef, never through the driver) to
@@ -38,6 +40,7 @@ from alphaedit import method_spec, spec_for
 from alphaedit.editor import check_finite
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.executor import Executor, RayExecutor
+from cluster.statistics import StatsHandle, StatsSource, fetch_statistics
 from cluster.workers import (
     CellFailed,
     CellStart,
@@ -158,7 +161,9 @@ def projector_keys(cell: RunCell, stats: dict[int, KeyStatsKey]) -> dict[int, Pr
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
                    writer: Any, executor: Executor | None = None, keys: dict[int, KeyStatsKey] | None = None
                    ) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
-    """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams: from the store, or computed by tasks over shards.
+    """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams on the caller: from the store, or computed by tasks
+    over shards. The sweep does not use it (its driver holds references only: ``ModelRun.statistics``);
+    it is for callers that want the arrays themselves.
 
     ``keys``: the cell's :func:`cell_stats_keys` when the caller has them (they hash local weights).
     A corrupt stored statistic is logged, deleted and recomputed. Raises
@@ -315,8 +320,8 @@ class ModelRun:
     eval_task: Callable[..., Any] | None = None
     editor: Any = None
     editors_started: int = 0
-    stats_refs: dict[tuple[int, ...], Any] = field(default_factory=dict)
-    stats_id: tuple[int, ...] | None = None
+    stats: StatsSource = field(default_factory=StatsSource)
+    stats_id: tuple[str, ...] | None = None
     projector_refs: dict[tuple[str, ...], tuple[Any, tuple[float, str]]] = field(default_factory=dict)
     projector_id: tuple[str, ...] | None = None
     projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
@@ -325,17 +330,33 @@ class ModelRun:
     def get(self, ref: Any) -> Any:
         return self.ex.get(ref, timeout=GET_TIMEOUT_S)
 
-    def stats_ref(self, stats: dict[int, tuple[np.ndarray, int]]) -> Any:
-        """``stats`` in the object store, put once per set of layers."""
-        key = tuple(sorted(stats))
-        if key not in self.stats_refs:
-            self.stats_refs[key] = self.ex.put(stats)
-        return self.stats_refs[key]
+    def statistics(self, cell: RunCell, keys: dict[int, KeyStatsKey], options: dict[str, Any], num_gpus: float
+                   ) -> tuple[StatsHandle, bool]:
+        """(handle, first) of ``cell``'s key statistics: fetched on the first request of their ``keys``
+        in this model run (stored or computed, off the driver; ``options``: the shard tasks' resources,
+        ``num_gpus`` their device), the same object reference for every later cell."""
+        m, hp = self.model, cell.hparams()
 
-    def projectors(self, cell: RunCell, stats: dict[int, tuple[np.ndarray, int]], stats_keys: dict[int, KeyStatsKey],
+        def fetch() -> StatsHandle:
+            require_gpus(num_gpus, f"statistics for {m.name}", self.ex)
+            return fetch_statistics(self.ex, keys, self.store.root, m.resolve(m.path), corpus_spec(m, hp.mom2_n_samples),
+                                    hp.to_dict(), self.cfg.stats_shards, options, num_gpus,
+                                    single_shard=hp.key_budget_multiplier is not None)
+
+        handle, first = self.stats.get(keys, fetch)
+        if first:
+            if handle.records:
+                self.get(self.ex.call(self.writer, "record_artifacts", handle.records))
+            logger.info("%s: key statistics of layers %s %s in %.1f s; keys per layer %s", m.name, sorted(keys),
+                        "computed" if handle.computed else "from the artifact store", handle.seconds, handle.counts)
+        else:
+            logger.info("%s: key statistics of layers %s reused (one fetch per model run)", m.name, sorted(keys))
+        return handle, first
+
+    def projectors(self, cell: RunCell, stats: Any, stats_keys: dict[int, KeyStatsKey],
                    run_id: str) -> tuple[tuple[str, ...] | None, list[dict[str, Any]]]:
         """(projector id, timing rows) of ``cell``: its null-space projectors (of the statistics ``stats``
-        stored under ``stats_keys``), from the artifact store or computed by one task (on the model's
+        stored under ``stats_keys``; an object reference or the arrays), from the artifact store or computed by one task (on the model's
         resources) and stored, then held in the object store for the editor actors. (None, []) when the
         cell's method does not use the projection."""
         if not method_spec(cell.method).needs_projector:
@@ -347,7 +368,7 @@ class ModelRun:
         hp = cell.hparams()
         task = self.ex.task(null_space_projectors, num_cpus=self.model.num_cpus, num_gpus=self.model.num_gpus,
                             max_retries=3, retry_exceptions=False, num_returns=2)
-        p_ref, info_ref = task(self.stats_ref(stats), keys, hp.to_dict(), self.store.root, self.model.num_gpus)
+        p_ref, info_ref = task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus)
         info = self.get(info_ref)
         self.projector_refs[pid] = (p_ref, (hp.nullspace_threshold, hp.threshold_mode))
         self.projector_info[pid] = info
@@ -360,10 +381,10 @@ class ModelRun:
         self.get(self.ex.call(self.writer, "record_artifacts", info["records"]))
         return pid, [_timing(run_id, names.STAGE_PROJECTOR, info["seconds"], len(info["computed"]))]
 
-    def editor_for(self, stats: dict[int, tuple[np.ndarray, int]], projector_id: tuple[str, ...] | None = None) -> Any:
-        """The model's editor actor: a new one when the statistics' layers change, when the cell needs
+    def editor_for(self, stats: StatsHandle, projector_id: tuple[str, ...] | None = None) -> Any:
+        """The model's editor actor: a new one when the statistics change, when the cell needs
         projectors other than the actor's, or when the last one died."""
-        key = tuple(sorted(stats))
+        key = stats.id
         stale = projector_id is not None and projector_id != self.projector_id
         if self.editor is None or self.stats_id != key or stale:
             if self.editor is not None:
@@ -373,7 +394,7 @@ class ModelRun:
             # driver keeps the statistics' and projectors' objects alive as long as the actor may restart.
             p_ref, params = self.projector_refs[projector_id] if projector_id is not None else (None, None)
             self.editor = self.ex.actor(
-                EditorWorker, m.resolve(m.path), self.stats_ref(stats), m.num_gpus, "float32", self.store.root,
+                EditorWorker, m.resolve(m.path), stats.ref, m.num_gpus, "float32", self.store.root,
                 p_ref, params,
                 num_cpus=m.num_cpus, num_gpus=m.num_gpus, max_restarts=self.cfg.editor_max_restarts,
                 max_task_retries=0, name=editor_actor_name(self.sweep_id, m.name, self.editors_started),
@@ -419,11 +440,11 @@ class CellRun:
             if self.resume:
                 self.written = mr.evaluated_points(self.run_id)
             keys = cell_stats_keys(mr.model, self.cell)
-            stats, stats_s, computed = key_statistics(mr.model, self.cell, mr.store, mr.cfg.stats_shards, mr.writer,
-                                                      ex, keys)
-            if computed:
-                self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats_s)])
-            projector_id, rows = mr.projectors(self.cell, stats, keys, self.run_id)
+            stats, first = mr.statistics(self.cell, keys, {"num_cpus": mr.model.num_cpus,
+                                                           "num_gpus": mr.model.num_gpus}, mr.model.num_gpus)
+            if first and stats.computed:
+                self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats.seconds)])
+            projector_id, rows = mr.projectors(self.cell, stats.ref, keys, self.run_id)
             if rows:
                 self.write(timings=rows)
             self.data = cell_data(self.cell)

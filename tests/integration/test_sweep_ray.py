@@ -85,7 +85,7 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
                  "metrics.generation_records=2", f"results={db}", f"artifact_root={tmp_path / 'artifacts'}")
     first = _submit(address, env, *overrides)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    assert "key statistics from the artifact store" in first.stdout + first.stderr, "second cell must reuse stats"
+    assert "key statistics of layers [0, 1, 2] reused" in first.stdout + first.stderr, "second cell must reuse stats"
 
     def counts() -> dict[str, int]:
         con = duckdb.connect(str(db), read_only=True)
