@@ -4,7 +4,7 @@
 tasks or task-config dicts (e.g. the toy world's local tasks from
 :func:`eval.toyworld.paths.task_configs`) and returns flat metric rows ready for storage.
 
-lm-eval facts this relies on (see ``shared/reference/ray-lmeval-duckdb.md`` section 2):
+lm-eval facts this relies on (see ``docs/reference/ray-lmeval-duckdb.md`` section 2):
 ``bootstrap_iters=0`` (the default bootstrap takes minutes and its stderrs come back as the
 string ``'N/A'``), ``TaskManager(include_defaults=False)`` when only local tasks are used
 (indexing the ~15k built-in tasks costs 5-7 s), and ``HFLM`` calls ``model.eval()`` on the

@@ -2,7 +2,7 @@
 
 Each ``*_problems`` function returns the list of problems of one record (empty when valid), each
 naming the field, so loaders can report ``file, case id, field`` and tests can check whole files.
-The layouts are those of the real files (``shared/reference/alphaedit-method.md`` section 4).
+The layouts are those of the real files (``docs/reference/alphaedit-method.md`` section 4).
 """
 
 from __future__ import annotations

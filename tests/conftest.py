@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Tests never reach a hub, and a local Ray head on loopback runs without token auth
-# (see ../shared/reference/ray-lmeval-duckdb.md, pitfall 1).
+# (see docs/reference/ray-lmeval-duckdb.md, pitfall 1).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

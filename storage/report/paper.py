@@ -3,7 +3,7 @@
 Source: Junfeng Fang et al., "AlphaEdit: Null-Space Constrained Knowledge Editing for Language
 Models", ICLR 2025 (arXiv 2410.02355), Table 1: 2,000 sequential edits in batches of 100 on
 CounterFact and ZsRE, means over runs (the +- values are left out). Copied from the project's
-reference notes (``reference/alphaedit-method.md``, section 3(f)); the paper's model column is
+reference notes (``docs/reference/alphaedit-method.md``, section 3(f)); the paper's model column is
 empty in the OCR used there, and its row blocks were matched to models through Table 6.
 
 CounterFact: Eff./Gen./Spe. in %, Flu. is x100 entropy, Consis. x100 cosine (the scale of our
