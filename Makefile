@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 setup: $(STAMP)
 
 demo: setup
-	$(PY) jobs/sweep.py
+	$(PY) -m jobs.sweep
 
 check-toyworld: setup
 	$(PY) -m eval.toyworld check

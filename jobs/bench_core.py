@@ -1,8 +1,8 @@
 """Benchmark of the editing core (prints figures; asserts nothing about time).
 
-    python jobs/bench_core.py                                   # the toy world
-    python jobs/bench_core.py --model ~/.cache/alphaedit/models/smollm2-135m-instruct   # the real model
-    python jobs/bench_core.py --model DIR --edits 10 --reference-edits 2 --docs 32 --eval-records 20  # quick
+    python -m jobs.bench_core                                   # the toy world
+    python -m jobs.bench_core --model ~/.cache/alphaedit/models/smollm2-135m-instruct   # the real model
+    python -m jobs.bench_core --model DIR --edits 10 --reference-edits 2 --docs 32 --eval-records 20  # quick
 
 With ``--model`` naming the installed real model (eval/realworld) the preset, dataset and corpus
 default to the real world's (``smollm2``, its counterfact.json and corpus.jsonl); otherwise to the
@@ -34,25 +34,22 @@ import argparse
 import contextlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from alphaedit import compute_key_stats, compute_targets, preset, spec_for
+from alphaedit.editor import compute_deltas
+from alphaedit.hooks import add_at_positions
+from alphaedit.models import load_model, resolve_device
+from alphaedit.projector import kept_fraction, null_space_projector
+from alphaedit.prompts import request_prompts, subject_prompts
+from alphaedit.state import apply_deltas, restore_weights, snapshot_weights
+from alphaedit.templates import flat_templates, sample_context_templates
+from alphaedit.tokens import encode, pad_id, right_pad
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from alphaedit import compute_key_stats, compute_targets, preset, spec_for  # noqa: E402
-from alphaedit.editor import compute_deltas  # noqa: E402
-from alphaedit.hooks import add_at_positions  # noqa: E402
-from alphaedit.models import load_model, resolve_device  # noqa: E402
-from alphaedit.projector import kept_fraction, null_space_projector  # noqa: E402
-from alphaedit.prompts import request_prompts, subject_prompts  # noqa: E402
-from alphaedit.state import apply_deltas, restore_weights, snapshot_weights  # noqa: E402
-from alphaedit.templates import flat_templates, sample_context_templates  # noqa: E402
-from alphaedit.tokens import encode, pad_id, right_pad  # noqa: E402
 
 TOY_DIR = REPO / "eval" / "toyworld" / "artifacts"
 REAL_DIR = REPO / "eval" / "realworld" / "artifacts"

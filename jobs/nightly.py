@@ -1,9 +1,9 @@
 """Nightly regression run: a pinned sweep, compared with the last passing nightly; exit 1 on regression.
 
-    python jobs/nightly.py                                   # tonight (UTC date), local Ray
-    python jobs/nightly.py --date 2026-11-21 --set results=/shared/nightly.duckdb
+    python -m jobs.nightly                                   # tonight (UTC date), local Ray
+    python -m jobs.nightly --date 2026-11-21 --set results=/shared/nightly.duckdb
     ray job submit --submission-id nightly-$(date +%F) --working-dir . -- \\
-        python jobs/nightly.py --date $(date +%F) --set results=/shared/nightly/nightly.duckdb \\
+        python -m jobs.nightly --date $(date +%F) --set results=/shared/nightly/nightly.duckdb \\
         --set artifact_root=/shared/nightly/artifacts
 
 Steps: run the sweep of ``--config`` (default ``jobs/configs/nightly.yaml``) as sweep
@@ -28,12 +28,10 @@ import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/nightly.py` from any directory
-    sys.path.insert(0, str(REPO))
+from cluster.config import SweepConfig, SweepConfigError, load_config
+from storage import nightly as nl
 
-from cluster.config import SweepConfig, SweepConfigError, load_config  # noqa: E402
-from storage import nightly as nl  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("jobs.nightly")
 

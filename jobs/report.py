@@ -1,7 +1,7 @@
 """Write a self-contained HTML report (plots + the paper's Table 1 layout) of a results file.
 
-    python jobs/report.py --db results/results.duckdb --out results/report
-    python jobs/report.py --db results/results.duckdb --sweep <sweep id> --out results/report-<sweep id>
+    python -m jobs.report --db results/results.duckdb --out results/report
+    python -m jobs.report --db results/results.duckdb --sweep <sweep id> --out results/report-<sweep id>
 
 Open <out>/index.html in any browser; it needs no network. The file is opened read-only, so a
 sweep that is still running (and holds the file) makes this fail with a message saying how to
@@ -15,14 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/report.py` from any directory
-    sys.path.insert(0, str(REPO))
+from storage.report import write_report
+from storage.report.data import UnknownSweepError
+from storage.schema import SchemaVersionError
+from storage.sql import ResultsLockedError
 
-from storage.report import write_report  # noqa: E402
-from storage.report.data import UnknownSweepError  # noqa: E402
-from storage.schema import SchemaVersionError  # noqa: E402
-from storage.sql import ResultsLockedError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("jobs.report")
 

@@ -1,8 +1,8 @@
 """Precompute the key statistics E[k kᵀ] (and null-space projectors) that a sweep config needs, on their own.
 
-    python jobs/stats.py                                        # the toy-world demo's statistics
-    python jobs/stats.py --config jobs/configs/gpt2-xl.yaml --set stats_shards=16
-    ray job submit --working-dir . -- python jobs/stats.py --config ... --set artifact_root=/shared/artifacts
+    python -m jobs.stats                                        # the toy-world demo's statistics
+    python -m jobs.stats --config jobs/configs/gpt2-xl.yaml --set stats_shards=16
+    ray job submit --working-dir . -- python -m jobs.stats --config ... --set artifact_root=/shared/artifacts
 
 For every model of the config and every distinct statistics spec of its run cells (edited layers,
 corpus, sample count, max length, key budget), the statistics come from the artifact store or are
@@ -21,11 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/stats.py` from any directory
-    sys.path.insert(0, str(REPO))
+from cluster.config import RunCell, SweepConfig
 
-from cluster.config import RunCell, SweepConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("jobs.stats")
 

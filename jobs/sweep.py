@@ -1,9 +1,9 @@
 """Run a grid of sequential-editing experiments on Ray; every number lands in DuckDB.
 
-    python jobs/sweep.py                                   # default demo on the toy world (local Ray)
-    python jobs/sweep.py --config jobs/configs/gpt2-xl.yaml --set n_edits=[2000]
-    ray job submit --working-dir . -- python jobs/sweep.py --config ... --set results=/shared/results.duckdb
-    python jobs/sweep.py --config ... --resume SWEEP_ID    # continue a sweep whose driver died
+    python -m jobs.sweep                                   # default demo on the toy world (local Ray)
+    python -m jobs.sweep --config jobs/configs/gpt2-xl.yaml --set n_edits=[2000]
+    ray job submit --working-dir . -- python -m jobs.sweep --config ... --set results=/shared/results.duckdb
+    python -m jobs.sweep --config ... --resume SWEEP_ID    # continue a sweep whose driver died
 
 The config (YAML) expands models x methods x batch sizes x n_edits x datasets x seeds x hparams
 overrides into run cells (see cluster/config.py). Under `ray job submit` the job joins the cluster
@@ -31,12 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/sweep.py` from any directory
-    sys.path.insert(0, str(REPO))
+from cluster.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG
+from cluster.config import SweepConfig, SweepConfigError, load_config
 
-from cluster.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG  # noqa: E402
-from cluster.config import SweepConfig, SweepConfigError, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("jobs.sweep")
 

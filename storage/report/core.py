@@ -55,7 +55,7 @@ def default_out_dir(db_path: str | os.PathLike[str], sweep_id: str | None) -> Pa
 
 def report_hint(db_path: str | os.PathLike[str], sweep_id: str | None) -> str:
     """The command (run from the repository root) that writes the report of ``sweep_id``."""
-    parts = ["python", "jobs/report.py", "--db", str(db_path)]
+    parts = ["python", "-m", "jobs.report", "--db", str(db_path)]
     if sweep_id is not None:
         parts += ["--sweep", sweep_id]
     parts += ["--out", str(default_out_dir(db_path, sweep_id))]

@@ -72,7 +72,7 @@ def ray_head():
 
 def _submit(address: str, env: dict, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-           "python", "jobs/sweep.py", "--config", "jobs/configs/toy.yaml", *[a for o in overrides for a in ("--set", o)]]
+           "python", "-m", "jobs.sweep", "--config", "jobs/configs/toy.yaml", *[a for o in overrides for a in ("--set", o)]]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -41,7 +41,7 @@ def systemd_unescape(value: str) -> str:
 def assert_nightly_submit(command: str) -> None:
     """``command`` submits jobs/nightly.py with submission id and --date from the same date."""
     assert re.search(r"ray job submit .*--submission-id nightly-\$\(date \+%F\)", command), command
-    assert "-- python jobs/nightly.py" in command
+    assert "-- python -m jobs.nightly" in command
     assert "--date $(date +%F)" in command
     assert "--working-dir ." in command
     assert re.search(r"--set results=/\S+", command), "results must be an absolute path under ray job submit"
@@ -78,7 +78,7 @@ def load_docs(name: str) -> list[dict]:
 
 
 def check_rayjob_spec(spec: dict) -> None:
-    assert "jobs/nightly.py" in spec["entrypoint"]
+    assert "python -m jobs.nightly" in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"].startswith("2.60")

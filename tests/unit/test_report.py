@@ -224,8 +224,8 @@ def test_report_hint_is_a_command_the_cli_accepts(tmp_path: Path) -> None:
     db = tmp_path / "my results" / "results.duckdb"
     hint = report_hint(db, "sweep 1")
     argv = shlex.split(hint)
-    assert argv[:2] == ["python", "jobs/report.py"]
-    args = report_parse_args(argv[2:])
+    assert argv[:3] == ["python", "-m", "jobs.report"]
+    args = report_parse_args(argv[3:])
     assert (args.db, args.sweep) == (str(db), "sweep 1")
     assert Path(args.out) == db.parent / "report-sweep_1"
     assert "--sweep" not in report_hint(db, None)
