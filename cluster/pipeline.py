@@ -38,7 +38,9 @@ import numpy as np
 
 from alphaedit import method_spec, spec_for
 from alphaedit.editor import check_finite
+from cluster import placement
 from cluster.config import ModelConfig, RunCell, SweepConfig
+from cluster.events import BatchEdited, PointEvaluated, ProgressEvent
 from cluster.executor import Executor, RayExecutor
 from cluster.statistics import StatsHandle, StatsSource, fetch_statistics
 from cluster.workers import (
@@ -159,13 +161,15 @@ def projector_keys(cell: RunCell, stats: dict[int, KeyStatsKey]) -> dict[int, Pr
 
 
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
-                   writer: Any, executor: Executor | None = None, keys: dict[int, KeyStatsKey] | None = None
-                   ) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
+                   writer: Any, executor: Executor | None = None, keys: dict[int, KeyStatsKey] | None = None,
+                   options: dict[str, Any] | None = None) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
     """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams on the caller: from the store, or computed by tasks
     over shards. The sweep does not use it (its driver holds references only: ``ModelRun.statistics``);
     it is for callers that want the arrays themselves.
 
     ``keys``: the cell's :func:`cell_stats_keys` when the caller has them (they hash local weights).
+    ``options``: the shard tasks' Ray options (:func:`cluster.placement.stats_options`; default: the
+    model's CPUs and GPUs, anywhere).
     A corrupt stored statistic is logged, deleted and recomputed. Raises
     :class:`alphaedit.editor.NonFiniteError` when the statistics hold NaN/Inf.
     Returns (stats, seconds, computed).
@@ -186,10 +190,10 @@ def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shar
     # A key budget is defined in corpus order: one shard keeps it exact.
     n_shards = 1 if hp.key_budget_multiplier is not None else max(1, min(shards, len(texts)))
     bounds = np.linspace(0, len(texts), n_shards + 1).astype(int)
-    require_gpus(model.num_gpus, f"statistics for {model.name}", ex)
-    task = ex.task(stats_shard, num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_retries=3,
-                   retry_exceptions=False)
-    refs = [task(model.resolve(model.path), texts[a:b], hp.to_dict(), model.num_gpus)
+    opts = options if options is not None else placement.task_options(placement.TaskPlacement(), model)
+    require_gpus(placement.device_gpus(opts), f"statistics for {model.name}", ex)
+    task = ex.task(stats_shard, **opts, max_retries=3, retry_exceptions=False)
+    refs = [task(model.resolve(model.path), texts[a:b], hp.to_dict(), placement.device_gpus(opts))
             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     merged = merge_shards(ex.get(refs, timeout=GET_TIMEOUT_S))  # NonFiniteError on NaN/Inf
     records = []
@@ -316,7 +320,7 @@ class ModelRun:
     writer: Any
     store: ArtifactStore
     ex: Executor
-    on_progress: Callable[[str], None]
+    on_progress: Callable[[ProgressEvent], None]
     eval_task: Callable[..., Any] | None = None
     editor: Any = None
     editors_started: int = 0
@@ -366,7 +370,7 @@ class ModelRun:
         if pid in self.projector_refs:
             return pid, []
         hp = cell.hparams()
-        task = self.ex.task(null_space_projectors, num_cpus=self.model.num_cpus, num_gpus=self.model.num_gpus,
+        task = self.ex.task(null_space_projectors, **placement.projector_options(self.model),
                             max_retries=3, retry_exceptions=False, num_returns=2)
         p_ref, info_ref = task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus)
         info = self.get(info_ref)
@@ -396,7 +400,7 @@ class ModelRun:
             self.editor = self.ex.actor(
                 EditorWorker, m.resolve(m.path), stats.ref, m.num_gpus, "float32", self.store.root,
                 p_ref, params,
-                num_cpus=m.num_cpus, num_gpus=m.num_gpus, max_restarts=self.cfg.editor_max_restarts,
+                **placement.editor_options(m), max_restarts=self.cfg.editor_max_restarts,
                 max_task_retries=0, name=editor_actor_name(self.sweep_id, m.name, self.editors_started),
             )
             self.editors_started += 1
@@ -440,8 +444,8 @@ class CellRun:
             if self.resume:
                 self.written = mr.evaluated_points(self.run_id)
             keys = cell_stats_keys(mr.model, self.cell)
-            stats, first = mr.statistics(self.cell, keys, {"num_cpus": mr.model.num_cpus,
-                                                           "num_gpus": mr.model.num_gpus}, mr.model.num_gpus)
+            opts = placement.stats_options(mr.cfg, mr.model)
+            stats, first = mr.statistics(self.cell, keys, opts, placement.device_gpus(opts))
             if first and stats.computed:
                 self.write(timings=[_timing(self.run_id, names.STAGE_KEY_STATS, stats.seconds)])
             projector_id, rows = mr.projectors(self.cell, stats.ref, keys, self.run_id)
@@ -520,7 +524,7 @@ class CellRun:
             report = mr.get(ref)
             self.last_ok = end
             self.write_report(step, report)
-            mr.on_progress(f"{self.run_id}: {report['edits_done']}/{cell.n_edits} edits")
+            mr.on_progress(BatchEdited(self.run_id, report["edits_done"], cell.n_edits))
         self.collect(upto=cell.n_edits, strict=True)
 
     def write_report(self, step: int, report: dict[str, Any]) -> None:
@@ -541,7 +545,8 @@ class CellRun:
         mr = self.mr
         assert self.data is not None and mr.eval_task is not None
         req = eval_request(mr.cfg, self.cell, self.run_id, self.data, edits_done)
-        return mr.eval_task(mr.model.resolve(mr.model.path), deltas, req, mr.model.num_gpus)
+        gpus = placement.device_gpus(placement.eval_options(mr.cfg, mr.model))
+        return mr.eval_task(mr.model.resolve(mr.model.path), deltas, req, gpus)
 
     def unedited(self) -> Any:
         """The evaluation of the unedited model, shared by the cells with the same records."""
@@ -568,7 +573,7 @@ class CellRun:
                 _timing(self.run_id, names.STAGE_REWRITE_EVAL, out["timings"]["metrics"], out["n_records"], p),
                 _timing(self.run_id, names.STAGE_PROBE, out["timings"]["probes"], None, p)])
             self.written.add(p)
-            self.mr.on_progress(f"{self.run_id}: evaluated at {p} edits")
+            self.mr.on_progress(PointEvaluated(self.run_id, p))
 
     def keep_finished(self) -> None:
         """After a failure: write what finished (evaluations up to the last confirmed batch), drop the rest."""
@@ -583,7 +588,7 @@ class CellRun:
 
 
 def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
-              store: ArtifactStore, on_progress: Callable[[str], None] = lambda msg: None,
+              store: ArtifactStore, on_progress: Callable[[ProgressEvent], None] = lambda event: None,
               executor: Executor | None = None, resume: Collection[str] = ()) -> dict[str, str]:
     """Run all cells of one model on one editor actor; return {run_id: final status}.
 
@@ -592,7 +597,7 @@ def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sw
     ex = executor or RayExecutor()
     require_gpus(model.num_gpus, f"editor for {model.name}", ex)
     mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress)
-    mr.eval_task = ex.task(evaluate_checkpoint, num_cpus=model.num_cpus, num_gpus=model.num_gpus, max_retries=2)
+    mr.eval_task = ex.task(evaluate_checkpoint, **placement.eval_options(cfg, model), max_retries=2)
     statuses: dict[str, str] = {}
     try:
         for cell in cells:
@@ -619,7 +624,8 @@ def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | 
 
 def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore, git_sha: str | None,
               on_existing: str = "resume", executor: Executor | None = None,
-              on_progress: Callable[[str], None] = lambda msg: None, parallel: bool = True) -> dict[str, str]:
+              on_progress: Callable[[ProgressEvent], None] = lambda event: None, parallel: bool = True
+              ) -> dict[str, str]:
     """Register the sweep's cells and run the unfinished ones; return {run_id: status} of those run.
 
     Models run in parallel threads (one editor actor each) when ``parallel``; the in-process
@@ -640,6 +646,8 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
         for cells in by_model.values():
             statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex, resume))
         return statuses
+    for cells in by_model.values():  # transformers' lazy imports are not thread-safe: the first ones here
+        cells[0].model.hf_config()
     with ThreadPoolExecutor(max_workers=len(by_model)) as pool:
         futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex,
                                resume) for cells in by_model.values()]
@@ -649,5 +657,11 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
 
 
 def start_writer(path: str, executor: Executor | None = None) -> Any:
-    """The one process that owns the DuckDB file."""
-    return (executor or RayExecutor()).actor(ResultWriter, path, num_cpus=0, max_concurrency=1)
+    """The one process that owns the DuckDB file, on the driver's node (:func:`cluster.placement.writer_options`)."""
+    ex = executor or RayExecutor()
+    node = None
+    if isinstance(ex, RayExecutor):
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+    return ex.actor(ResultWriter, path, **placement.writer_options(node))
