@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from tqdm.auto import tqdm
 
+    from cluster.events import BatchEdited, ProgressEvent
     from cluster.executor import RayExecutor
     from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep
 
@@ -158,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             batches = sum(-(-c.n_edits // c.batch_size) for c in cells)
             bar = tqdm(total=batches, desc="edit batches", unit="batch")
 
-            def progress(msg: str) -> None:
-                if msg.endswith(" edits") and "evaluated" not in msg:  # one edit batch done
+            def progress(event: ProgressEvent) -> None:
+                if isinstance(event, BatchEdited):  # one edit batch done
                     bar.update(1)
-                bar.set_postfix_str(msg[-60:], refresh=False)
+                bar.set_postfix_str(str(event)[-60:], refresh=False)
 
             statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
                                  on_progress=progress)

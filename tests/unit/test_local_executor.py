@@ -138,3 +138,24 @@ def test_resume_config_keys_are_validated() -> None:
     assert "checkpoint_every: must be >= 1" in text and "editor_max_restarts: must be >= 0" in text
     cfg = load_config(TOY_CONFIG_PATH, ["checkpoint_every=3", "editor_max_restarts=0"])
     assert (cfg.checkpoint_every, cfg.editor_max_restarts) == (3, 0)
+
+
+def test_driver_progress_events_are_typed(local_sweep) -> None:
+    """The driver reports progress as typed events (the sweep's progress bar counts BatchEdited ones);
+    each is also its log line."""
+    from cluster.events import BatchEdited, PointEvaluated
+
+    _, _, _, _, tmp = local_sweep
+    cfg = _config(tmp, "n_edits=[20]", "methods=[memit]", f"results={tmp / 'events.duckdb'}")
+    ex = LocalExecutor()
+    writer = start_writer(str(tmp / "events.duckdb"), ex)
+    events: list = []
+    try:
+        run_sweep(cfg, "events", writer, ArtifactStore(tmp / "artifacts"), None, executor=ex, on_progress=events.append)
+    finally:
+        ex.get(ex.call(writer, "close"))
+    batches = [e for e in events if isinstance(e, BatchEdited)]
+    points = [e for e in events if isinstance(e, PointEvaluated)]
+    assert [(e.edits_done, e.n_edits) for e in batches] == [(10, 20), (20, 20)]
+    assert sorted(e.edits_done for e in points) == [0, 10, 20] and len(events) == 5
+    assert str(batches[0]) == f"{batches[0].run_id}: 10/20 edits" and batches[0].run_id.startswith("events:")
