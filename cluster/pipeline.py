@@ -1,6 +1,9 @@
 """The sweep on Ray: statistics tasks, one editor actor per model, probe tasks, one writer actor.
 
-Driver-side orchestration only; the work itself is in :mod:`cluster.workers` (plain Python).
+Driver-side orchestration only (the run loop); the work itself is in :mod:`cluster.workers` (plain
+Python), the artifact keys in :mod:`cluster.keys`, the statistics data path in
+:mod:`cluster.statistics`, each cell's records, batches and checkpoints in :mod:`cluster.plan`,
+the progress events in :mod:`cluster.events` (the names used from here are importable from here).
 
 * Key statistics of a model come from the artifact store when present (read and checked by a
   task); otherwise Ray tasks each read and compute one shard of the corpus (all edited layers in one
@@ -27,7 +30,6 @@ in-process twin (:class:`LocalExecutor`, for unit tests), on the same code path.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -36,18 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from alphaedit import method_spec, spec_for
+from alphaedit import method_spec
 from alphaedit.editor import check_finite
 from cluster import placement
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.events import BatchEdited, PointEvaluated, ProgressEvent
 from cluster.executor import Executor, RayExecutor
+from cluster.keys import cell_stats_keys, corpus_spec, projector_keys
+from cluster.plan import CellData, cell_data, editor_actor_name, eval_request, plan_cell
 from cluster.statistics import StatsHandle, StatsSource, fetch_statistics
 from cluster.workers import (
     CellFailed,
     CellStart,
     EditorWorker,
-    EvalRequest,
     StoredDeltas,
     describe_failure,
     evaluate_checkpoint,
@@ -56,7 +59,7 @@ from cluster.workers import (
     stats_shard,
 )
 from storage import names
-from storage.artifacts import ArtifactStore, KeyStatsKey, ProjectorKey
+from storage.artifacts import ArtifactStore, KeyStatsKey
 from storage.hashing import config_hash
 from storage.writer import ResultWriter, RunDecision, RunSpec
 
@@ -81,83 +84,6 @@ def require_gpus(num_gpus: float, what: str, executor: Executor | None = None) -
             "this model in the sweep config to run on CPU, or start the cluster with GPU nodes "
             "(ray_cluster.yaml)."
         )
-
-
-def corpus_spec(model: ModelConfig, n_docs: int):
-    """``toywiki`` | ``realworld`` | ``wikipedia[:<snapshot>]`` | ``wikitext`` | comma-separated local files."""
-    from eval.corpus import CorpusSpec
-
-    c = model.corpus
-    if c in ("toywiki", "realworld"):
-        return CorpusSpec(kind=c, n_docs=n_docs)
-    if c.startswith("wikipedia"):
-        return CorpusSpec(kind="wikipedia", snapshot=c.split(":", 1)[1] if ":" in c else "20231101.en", n_docs=n_docs)
-    if c == "wikitext":
-        return CorpusSpec(kind="wikitext", n_docs=n_docs)
-    return CorpusSpec(kind="files", files=tuple(model.resolve(p) for p in c.split(",")), n_docs=n_docs)
-
-
-def model_revision(model: ModelConfig) -> str:
-    """``model.revision``, or for ``local``: a sha256 over the local folder's config and weight files.
-
-    The hash is computed once per folder state (file names, sizes and modification times): a sweep
-    asks for it once per cell, and multi-GB weights would otherwise be read again each time.
-    """
-    from pathlib import Path
-
-    path = Path(model.resolve(model.path))
-    if model.revision != "local" or not path.is_dir():
-        return model.revision
-    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
-    state = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _folder_sha256(str(path), state)
-
-
-@functools.lru_cache(maxsize=64)
-def _folder_sha256(path: str, state: tuple[tuple[str, int, int], ...]) -> str:
-    import hashlib
-    from pathlib import Path
-
-    h = hashlib.sha256()
-    for name, _, _ in state:
-        h.update(name.encode())
-        with (Path(path) / name).open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def stats_keys(model: ModelConfig, cell: RunCell, module_names: dict[int, str], corpus_key: str,
-               budget: int | None) -> dict[int, KeyStatsKey]:
-    hp = cell.hparams()
-    revision = model_revision(model)
-    return {
-        layer: KeyStatsKey(model_id=model.path, revision=revision, module=module_names[layer],
-                           corpus=corpus_key, n_samples=hp.mom2_n_samples, max_length=hp.mom2_max_length,
-                           dtype="float32", key_budget=budget)
-        for layer in hp.layers
-    }
-
-
-def cell_stats_keys(model: ModelConfig, cell: RunCell) -> dict[int, KeyStatsKey]:
-    """The artifact keys of the key statistics ``cell`` needs, one per edited layer."""
-    hp = cell.hparams()
-    cfg = model.hf_config()
-    spec = spec_for(cfg.model_type)
-    module_names = {layer: spec.mlp_out_name(layer) for layer in hp.layers}
-    budget = None
-    if hp.key_budget_multiplier is not None:
-        # FastMEMIT: multiplier x d_k keys (d_k = MLP intermediate width, from the config).
-        d_k = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size
-        budget = int(hp.key_budget_multiplier * d_k)
-    return stats_keys(model, cell, module_names, corpus_spec(model, hp.mom2_n_samples).key(), budget)
-
-
-def projector_keys(cell: RunCell, stats: dict[int, KeyStatsKey]) -> dict[int, ProjectorKey]:
-    """The artifact keys of ``cell``'s null-space projectors (eigh in float64, as the library does)."""
-    hp = cell.hparams()
-    return {layer: ProjectorKey(stats=key, threshold=hp.nullspace_threshold, dtype="float64", mode=hp.threshold_mode)
-            for layer, key in stats.items()}
 
 
 def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
@@ -226,48 +152,6 @@ def _stored_stats(store: ArtifactStore, keys: dict[int, KeyStatsKey]) -> dict[in
     return out
 
 
-@dataclass
-class CellData:
-    """The records of one cell: what the editor edits and what the evaluation scores."""
-
-    edit_records: list[dict[str, Any]]
-    eval_records: list[dict[str, Any]]
-    snippets: str | None = None
-    tfidf: tuple[str, str] | None = None
-
-
-def cell_data(cell: RunCell) -> CellData:
-    """The first ``n_edits`` records of the cell's dataset (validated by the eval loaders)."""
-    from eval.datasets import load_counterfact, load_zsre, read_json_list
-
-    path = cell.model.dataset_path(cell.dataset)
-    if cell.dataset == "counterfact":
-        loaded = load_counterfact(path, limit=cell.n_edits)
-        raw = read_json_list(loaded.path)[: cell.n_edits]
-        edit = eval_ = raw
-    else:
-        loaded = load_zsre(path, limit=cell.n_edits)
-        edit = [r.to_counterfact() for r in loaded.records]
-        eval_ = [dict(r.to_json(), case_id=r.case_id) for r in loaded.records]
-    if len(edit) < cell.n_edits:
-        raise ValueError(f"{path}: only {len(edit)} records, the cell asks for n_edits={cell.n_edits}")
-    m = cell.model
-    snippets = m.resolve(m.attribute_snippets) if m.attribute_snippets else None
-    tfidf = (m.resolve(m.tfidf_vocab), m.resolve(m.idf)) if m.tfidf_vocab and m.idf else None
-    return CellData(edit, eval_, snippets, tfidf)
-
-
-def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, edits_done: int) -> EvalRequest:
-    """What to score at ``edits_done``: the records edited so far (all of them before editing)."""
-    records = data.eval_records[: edits_done if edits_done > 0 else cell.n_edits]
-    if cfg.metrics.max_records:
-        records = records[: cfg.metrics.max_records]
-    return EvalRequest(run_id=run_id, edits_done=edits_done, dataset=cell.dataset, records=tuple(records),
-                       probe_tasks=cfg.probes.tasks, probe_limit=cfg.probes.limit,
-                       probe_batch_size=cfg.probes.batch_size, generation_records=cfg.metrics.generation_records,
-                       snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed)
-
-
 def _for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:
     """An evaluation's rows re-labelled for ``run_id`` (the unedited evaluation is shared)."""
     return {**out, "metrics": [{**r, "run_id": run_id} for r in out["metrics"]],
@@ -282,32 +166,6 @@ def _cause(exc: BaseException) -> BaseException:
     """The worker's own exception inside a Ray task error (``RayTaskError.cause``), else ``exc``."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
-
-
-@dataclass(frozen=True)
-class CellPlan:
-    """The stream of one cell: its batches, where it is evaluated and where it is checkpointed."""
-
-    batches: tuple[tuple[int, int, int], ...]  # (step, first edit, end edit)
-    eval_points: tuple[int, ...]  # edits_done values evaluated (0 = unedited)
-    checkpoint_at: tuple[int, ...]  # edits_done values after which the editor stores its state
-    keep: tuple[int, ...]  # checkpoints never deleted: evaluation points and the last one
-
-
-def plan_cell(cell: RunCell, checkpoint_every: int) -> CellPlan:
-    """Batches of ``cell``; a checkpoint every ``checkpoint_every`` batches, at evaluations and at the end."""
-    batches = tuple((step, start, min(start + cell.batch_size, cell.n_edits))
-                    for step, start in enumerate(range(0, cell.n_edits, cell.batch_size)))
-    ends = [end for _, _, end in batches]
-    evals = tuple(p for p in cell.checkpoints() if p == 0 or p in ends)
-    keep = {p for p in evals if p > 0} | {cell.n_edits}
-    every = {end for i, end in enumerate(ends) if (i + 1) % checkpoint_every == 0}
-    return CellPlan(batches, evals, tuple(sorted(every | keep)), tuple(sorted(keep)))
-
-
-def editor_actor_name(sweep_id: str, model_name: str, index: int = 0) -> str:
-    """Ray actor name of a model's ``index``-th editor in a sweep (``ray.get_actor(name)`` finds it)."""
-    return f"editor:{sweep_id}:{model_name}:{index}"
 
 
 @dataclass

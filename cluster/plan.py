@@ -1,0 +1,77 @@
+"""The plan of one run cell: its records, what each evaluation scores, its batches and checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.config import RunCell, SweepConfig
+from cluster.workers import EvalRequest
+
+
+@dataclass
+class CellData:
+    """The records of one cell: what the editor edits and what the evaluation scores."""
+
+    edit_records: list[dict[str, Any]]
+    eval_records: list[dict[str, Any]]
+    snippets: str | None = None
+    tfidf: tuple[str, str] | None = None
+
+
+def cell_data(cell: RunCell) -> CellData:
+    """The first ``n_edits`` records of the cell's dataset (validated by the eval loaders)."""
+    from eval.datasets import load_counterfact, load_zsre, read_json_list
+
+    path = cell.model.dataset_path(cell.dataset)
+    if cell.dataset == "counterfact":
+        loaded = load_counterfact(path, limit=cell.n_edits)
+        raw = read_json_list(loaded.path)[: cell.n_edits]
+        edit = eval_ = raw
+    else:
+        loaded = load_zsre(path, limit=cell.n_edits)
+        edit = [r.to_counterfact() for r in loaded.records]
+        eval_ = [dict(r.to_json(), case_id=r.case_id) for r in loaded.records]
+    if len(edit) < cell.n_edits:
+        raise ValueError(f"{path}: only {len(edit)} records, the cell asks for n_edits={cell.n_edits}")
+    m = cell.model
+    snippets = m.resolve(m.attribute_snippets) if m.attribute_snippets else None
+    tfidf = (m.resolve(m.tfidf_vocab), m.resolve(m.idf)) if m.tfidf_vocab and m.idf else None
+    return CellData(edit, eval_, snippets, tfidf)
+
+
+def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, edits_done: int) -> EvalRequest:
+    """What to score at ``edits_done``: the records edited so far (all of them before editing)."""
+    records = data.eval_records[: edits_done if edits_done > 0 else cell.n_edits]
+    if cfg.metrics.max_records:
+        records = records[: cfg.metrics.max_records]
+    return EvalRequest(run_id=run_id, edits_done=edits_done, dataset=cell.dataset, records=tuple(records),
+                       probe_tasks=cfg.probes.tasks, probe_limit=cfg.probes.limit,
+                       probe_batch_size=cfg.probes.batch_size, generation_records=cfg.metrics.generation_records,
+                       snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """The stream of one cell: its batches, where it is evaluated and where it is checkpointed."""
+
+    batches: tuple[tuple[int, int, int], ...]  # (step, first edit, end edit)
+    eval_points: tuple[int, ...]  # edits_done values evaluated (0 = unedited)
+    checkpoint_at: tuple[int, ...]  # edits_done values after which the editor stores its state
+    keep: tuple[int, ...]  # checkpoints never deleted: evaluation points and the last one
+
+
+def plan_cell(cell: RunCell, checkpoint_every: int) -> CellPlan:
+    """Batches of ``cell``; a checkpoint every ``checkpoint_every`` batches, at evaluations and at the end."""
+    batches = tuple((step, start, min(start + cell.batch_size, cell.n_edits))
+                    for step, start in enumerate(range(0, cell.n_edits, cell.batch_size)))
+    ends = [end for _, _, end in batches]
+    evals = tuple(p for p in cell.checkpoints() if p == 0 or p in ends)
+    keep = {p for p in evals if p > 0} | {cell.n_edits}
+    every = {end for i, end in enumerate(ends) if (i + 1) % checkpoint_every == 0}
+    return CellPlan(batches, evals, tuple(sorted(every | keep)), tuple(sorted(keep)))
+
+
+def editor_actor_name(sweep_id: str, model_name: str, index: int = 0) -> str:
+    """Ray actor name of a model's ``index``-th editor in a sweep (``ray.get_actor(name)`` finds it)."""
+    return f"editor:{sweep_id}:{model_name}:{index}"
