@@ -69,13 +69,15 @@ def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
     """Statistics of every distinct spec, then the projectors of the cells that use them; the exit code."""
     from cluster.executor import RayExecutor
     from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys, key_statistics
+    from cluster.placement import stats_options
 
     try:
         by_spec = {}
         for cell in stats_cells(cfg):
             hp = cell.hparams()
             keys = cell_stats_keys(cell.model, cell)
-            stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer, keys=keys)
+            stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer, keys=keys,
+                                                      options=stats_options(cfg, cell.model))
             by_spec[stats_spec(cell)] = stats, keys
             counts = {layer: count for layer, (_, count) in sorted(stats.items())}
             print(f"{cell.model.name}: layers {list(hp.layers)} over {hp.mom2_n_samples} docs "
