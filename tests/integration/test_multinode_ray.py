@@ -97,6 +97,7 @@ def cluster(tmp_path_factory):
 
 def _sweep(tmp: Path, sweep_id: str, on_progress=lambda msg: None):
     import ray
+    from ray.util.state import list_actors
 
     from cluster.executor import RayExecutor
     from cluster.pipeline import run_sweep, start_writer
@@ -109,7 +110,9 @@ def _sweep(tmp: Path, sweep_id: str, on_progress=lambda msg: None):
                              on_progress=on_progress)
         rows = {name: ray.get(writer.query.remote(sql), timeout=TIMEOUT)
                 for name, sql in (("metrics", METRICS), ("probes", PROBES), ("timings", TIMINGS))}
-        writer_node = ray.util.state.get_actor(writer._actor_id.hex(), address=_address()).node_id
+        alive = list_actors(address=_address(), filters=[("class_name", "=", "ResultWriter"), ("state", "=", "ALIVE")])
+        assert len(alive) == 1, alive
+        writer_node = alive[0].node_id
     finally:
         ray.get(writer.close.remote(), timeout=60)
         ray.kill(writer)
@@ -148,7 +151,8 @@ def _final_state(cfg: SweepConfig, model: str):
     return ArtifactStore(cfg.artifact_root).get(key, checkpoint_codec())
 
 
-KINDS = ("corpus_shard_stats", "merge_and_store", "load_stored", "null_space_projectors", "evaluate_checkpoint", "EditorWorker.begin", "EditorWorker.edit")
+KINDS = ("corpus_shard_stats", "merge_and_store", "load_stored", "null_space_projectors", "evaluate_checkpoint",
+         "EditorWorker.begin", "EditorWorker.edit")
 
 
 @pytest.fixture(scope="module")
