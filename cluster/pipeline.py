@@ -36,10 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from alphaedit import method_spec
-from alphaedit.editor import check_finite
 from cluster import placement
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.events import BatchEdited, PointEvaluated, ProgressEvent
@@ -54,9 +51,7 @@ from cluster.workers import (
     StoredDeltas,
     describe_failure,
     evaluate_checkpoint,
-    merge_shards,
     null_space_projectors,
-    stats_shard,
 )
 from storage import names
 from storage.artifacts import ArtifactStore, KeyStatsKey
@@ -84,72 +79,6 @@ def require_gpus(num_gpus: float, what: str, executor: Executor | None = None) -
             "this model in the sweep config to run on CPU, or start the cluster with GPU nodes "
             "(ray_cluster.yaml)."
         )
-
-
-def key_statistics(model: ModelConfig, cell: RunCell, store: ArtifactStore, shards: int,
-                   writer: Any, executor: Executor | None = None, keys: dict[int, KeyStatsKey] | None = None,
-                   options: dict[str, Any] | None = None) -> tuple[dict[int, tuple[np.ndarray, int]], float, bool]:
-    """Per-layer (Σ k kᵀ, count) for ``cell``'s hparams on the caller: from the store, or computed by tasks
-    over shards. The sweep does not use it (its driver holds references only: ``ModelRun.statistics``);
-    it is for callers that want the arrays themselves.
-
-    ``keys``: the cell's :func:`cell_stats_keys` when the caller has them (they hash local weights).
-    ``options``: the shard tasks' Ray options (:func:`cluster.placement.stats_options`; default: the
-    model's CPUs and GPUs, anywhere).
-    A corrupt stored statistic is logged, deleted and recomputed. Raises
-    :class:`alphaedit.editor.NonFiniteError` when the statistics hold NaN/Inf.
-    Returns (stats, seconds, computed).
-    """
-    ex = executor or RayExecutor()
-    hp = cell.hparams()
-    corpus = corpus_spec(model, hp.mom2_n_samples)
-    keys = keys if keys is not None else cell_stats_keys(model, cell)
-    t0 = time.perf_counter()
-    stored = _stored_stats(store, keys)
-    if stored is not None:
-        logger.info("%s: key statistics from the artifact store (%s)", model.name, store)
-        return stored, time.perf_counter() - t0, False
-
-    from eval.corpus import iter_corpus
-
-    texts = list(iter_corpus(corpus))
-    # A key budget is defined in corpus order: one shard keeps it exact.
-    n_shards = 1 if hp.key_budget_multiplier is not None else max(1, min(shards, len(texts)))
-    bounds = np.linspace(0, len(texts), n_shards + 1).astype(int)
-    opts = options if options is not None else placement.task_options(placement.TaskPlacement(), model)
-    require_gpus(placement.device_gpus(opts), f"statistics for {model.name}", ex)
-    task = ex.task(stats_shard, **opts, max_retries=3, retry_exceptions=False)
-    refs = [task(model.resolve(model.path), texts[a:b], hp.to_dict(), placement.device_gpus(opts))
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    merged = merge_shards(ex.get(refs, timeout=GET_TIMEOUT_S))  # NonFiniteError on NaN/Inf
-    records = []
-    out = {}
-    for layer, acc in merged.items():
-        arrays = {"sum_kkT": acc.sum_kkT.numpy(), "count": np.array([acc.count], dtype=np.int64)}
-        records.append(store.put(keys[layer], arrays).as_row())
-        out[layer] = (arrays["sum_kkT"], acc.count)
-    ex.get(ex.call(writer, "record_artifacts", records), timeout=GET_TIMEOUT_S)
-    logger.info("%s: key statistics of layers %s over %d texts in %d shards", model.name, sorted(out),
-                len(texts), len(refs))
-    return out, time.perf_counter() - t0, True
-
-
-def _stored_stats(store: ArtifactStore, keys: dict[int, KeyStatsKey]) -> dict[int, tuple[np.ndarray, int]] | None:
-    """Every layer's stored statistics, or None when one is missing or corrupt (a corrupt one is deleted)."""
-    if not all(store.exists(k) for k in keys.values()):
-        return None
-    out = {}
-    for layer, key in keys.items():
-        got = store.get_valid(key)  # None: corrupt (deleted); the statistics are recomputed
-        if got is None:
-            return None
-        arrays = got[0]
-        out[layer] = (arrays["sum_kkT"], int(arrays["count"][0]))
-    import torch
-
-    check_finite({f"layer {layer} sum_kkT (stored)": torch.from_numpy(np.asarray(a)) for layer, (a, _) in out.items()},
-                 "key statistics")
-    return out
 
 
 def _for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -68,26 +68,31 @@ def main(argv: list[str] | None = None) -> int:
 def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
     """Statistics of every distinct spec, then the projectors of the cells that use them; the exit code."""
     from cluster.executor import RayExecutor
-    from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys, key_statistics
-    from cluster.placement import stats_options
+    from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys
+    from cluster.placement import device_gpus, stats_options
+
+    runs: dict[str, ModelRun] = {}
+
+    def model_run(cell: RunCell) -> ModelRun:
+        return runs.setdefault(cell.model.name, ModelRun(cfg, cell.model, "stats", writer, store, RayExecutor(),
+                                                         lambda event: None))
 
     try:
         by_spec = {}
         for cell in stats_cells(cfg):
             hp = cell.hparams()
             keys = cell_stats_keys(cell.model, cell)
-            stats, seconds, computed = key_statistics(cell.model, cell, store, cfg.stats_shards, writer, keys=keys,
-                                                      options=stats_options(cfg, cell.model))
-            by_spec[stats_spec(cell)] = stats, keys
-            counts = {layer: count for layer, (_, count) in sorted(stats.items())}
+            opts = stats_options(cfg, cell.model)
+            # the sweep's own path: tasks read, merge and store; only references and counts come back here
+            stats, _ = model_run(cell).statistics(cell, keys, opts, device_gpus(opts))
+            by_spec[stats_spec(cell)] = stats.ref, keys
             print(f"{cell.model.name}: layers {list(hp.layers)} over {hp.mom2_n_samples} docs "
                   f"(max_length {hp.mom2_max_length}, key budget {hp.key_budget_multiplier}): "
-                  f"{'computed' if computed else 'cached'} in {seconds:.1f} s; keys per layer {counts}")
+                  f"{'computed' if stats.computed else 'cached'} in {stats.seconds:.1f} s; keys per layer "
+                  f"{dict(sorted(stats.counts.items()))}")
         # The null-space projectors of the cells that use them (AlphaEdit, every "+proj" method).
-        runs: dict[str, ModelRun] = {}
         for cell in cfg.cells():
-            mr = runs.setdefault(cell.model.name, ModelRun(cfg, cell.model, "stats", writer, store, RayExecutor(),
-                                                            lambda msg: None))
+            mr = model_run(cell)
             before = set(mr.projector_refs)
             pid, rows = mr.projectors(cell, *by_spec[stats_spec(cell)], "")
             if pid is None or pid in before:
