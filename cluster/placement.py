@@ -122,3 +122,10 @@ def writer_options(driver_node_id: str | None) -> dict[str, Any]:
 
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node_id, soft=False)
     return opts
+
+
+def helper_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The statistics' helper tasks (count the corpus, read stored statistics, merge and store the
+    shards' partials) beside the shards they serve: the shards' node labels, memory and custom
+    resources, one CPU and no GPU (they hold d_k x d_k float64 partials, they run no model)."""
+    return {**{k: v for k, v in options.items() if k != "scheduling_strategy"}, "num_cpus": 1, "num_gpus": 0}

@@ -31,6 +31,7 @@ import numpy as np
 
 from alphaedit.editor import check_finite
 from cluster.executor import Executor
+from cluster.placement import helper_options
 from storage.artifacts import ArtifactStore, KeyStatsKey
 
 logger = logging.getLogger(__name__)
@@ -134,18 +135,19 @@ def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str
     tasks that read their own corpus ranges and merged and stored by a task. Only references, keys and
     small info dicts reach the caller; ``single_shard``: a key budget is defined in corpus order."""
     t0 = time.perf_counter()
-    load = ex.task(load_stored, num_cpus=1, max_retries=2, retry_exceptions=False, num_returns=2)
+    helper = helper_options(options)  # beside the shards: their node kind, no GPU
+    load = ex.task(load_stored, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
     ref, info_ref = load(keys, store_root)
     info = ex.get(info_ref, timeout=GET_TIMEOUT_S)
     if info["found"]:
         return StatsHandle(dict(keys), ref, info["counts"], time.perf_counter() - t0, computed=False)
-    n_docs = ex.get(ex.task(document_count, num_cpus=1, max_retries=2)(corpus), timeout=GET_TIMEOUT_S)
+    n_docs = ex.get(ex.task(document_count, **helper, max_retries=2)(corpus), timeout=GET_TIMEOUT_S)
     if n_docs == 0:
         raise ValueError(f"corpus {corpus.key()} has no documents: nothing to compute key statistics from")
     shard = ex.task(corpus_shard_stats, **options, max_retries=3, retry_exceptions=False)
     refs = [shard(model_path, corpus, a, b, dict(hparams), num_gpus)
             for a, b in shard_ranges(n_docs, 1 if single_shard else shards)]
-    merge = ex.task(merge_and_store, num_cpus=1, max_retries=2, retry_exceptions=False, num_returns=2)
+    merge = ex.task(merge_and_store, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
     ref, info_ref = merge(keys, store_root, *refs)
     info = ex.get(info_ref, timeout=GET_TIMEOUT_S)  # NonFiniteError on NaN/Inf
     logger.info("key statistics of layers %s over %d documents in %d shards", sorted(keys), n_docs, len(refs))

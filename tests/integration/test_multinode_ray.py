@@ -182,6 +182,8 @@ def test_work_runs_where_the_config_places_it(cluster, reference) -> None:
     shards = tasks["corpus_shard_stats"]
     assert len(shards) == 2 * len(MODELS) and all(t.state == "FINISHED" for t in shards), shards
     assert {t.node_id for t in shards} == cpu, f"statistics shards ran on {seen['corpus_shard_stats']}, not on both CPU nodes"
+    for kind in ("merge_and_store", "load_stored"):  # the statistics' helper tasks go where the shards go
+        assert tasks[kind] and {t.node_id for t in tasks[kind]} <= cpu, (kind, seen[kind])
     # each model's editor on its own GPU node, and every call of it there
     assert set(editors) == set(MODELS) and len(set(editors.values())) == len(MODELS), editors
     assert set(editors.values()) <= gpu, editors

@@ -28,6 +28,9 @@ def test_options_per_kind_of_work() -> None:
     assert ev == {"num_cpus": 4, "num_gpus": 0, "memory": 40 * 2**30, "label_selector": {"node-kind": "cpu"}}
     assert placement.device_gpus(ev) == 0.0 and placement.device_gpus(placement.stats_options(cfg, m)) == 1.0
     assert set(placement.describe(cfg)[m.name]) == {"editor", "projector", "stats", "eval"}
+    # the statistics' merge/load tasks: the shards' node kind and resources, one CPU, no GPU, not spread
+    assert placement.helper_options(placement.stats_options(cfg, m)) == {
+        "num_cpus": 1, "num_gpus": 0, "memory": 40 * 2**30, "resources": {"cpu_node": 0.5}}
 
 
 def test_default_config_places_everything_on_the_model_resources() -> None:
