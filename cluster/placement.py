@@ -1,16 +1,19 @@
 """Where each kind of the sweep's work runs on a Ray cluster: Ray option dicts built from the config.
 
-Four kinds of work, each placed by the config (none of it changes a result, so none of it is part
+Each kind of work is placed by the config (none of it changes a result, so none of it is part
 of a config hash):
 
 * the **editor actor** of a model (and the one **projector task** before it, which needs the
   editor's device for its eigh): the model's ``num_gpus``, ``num_cpus``, ``memory_gb``,
   ``resources`` (custom resources, e.g. ``{editor_slot: 1}``: one editor per GPU node) and
   ``labels`` (node labels the actor needs, Ray's ``label_selector``). The projector task takes
-  the same options without the custom resources, so that it never waits for the slot its own
-  editor will hold;
-* the **key-statistics shard tasks**: ``stats_placement`` of the sweep;
-* the **evaluation tasks** (rewrite metrics + lm-eval probes of a checkpoint): ``eval_placement``.
+  the same options without the custom resources, so that it never waits for an editor slot (it may
+  wait for a GPU its model's editor holds: docs/scale-out.md, "Placement pitfalls");
+* the **key-statistics shard tasks**: ``stats_placement`` of the sweep, and beside them (its labels,
+  memory and resources, one CPU, no GPU) their helpers: counting the corpus, reading stored
+  statistics, merging and storing (:func:`helper_options`);
+* the **evaluation tasks** (rewrite metrics + lm-eval probes of a checkpoint): ``eval_placement``;
+* the **writer actor**: on Ray, on the driver's node (:func:`writer_options`).
 
 A :class:`TaskPlacement` field left unset (``None``) takes the model's value, so a config that says
 nothing runs every task as before: on the model's CPUs and GPUs, anywhere. ``ray_cluster.yaml`` shows
