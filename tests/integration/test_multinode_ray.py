@@ -135,12 +135,14 @@ def _tasks(name: str, since: set[str] = frozenset()) -> list:
             if t.task_id not in since]
 
 
-def _settled(names: tuple[str, ...], since: set[str] = frozenset()) -> dict[str, list]:
-    """Tasks by name once every one of them has a final state (task events reach the GCS asynchronously)."""
+def _settled(names: tuple[str, ...], since: set[str] = frozenset(), dead: set[str] = frozenset()) -> dict[str, list]:
+    """Tasks by name once every one of them has a final state (task events reach the GCS asynchronously;
+    a task that was running on a removed node (``dead``) may never report one)."""
     deadline = time.monotonic() + 30
     while True:
         got = {n: _tasks(n, since) for n in names}
-        if all(t.state in ("FINISHED", "FAILED") for ts in got.values() for t in ts) or time.monotonic() > deadline:
+        final = all(t.state in ("FINISHED", "FAILED") or t.node_id in dead for ts in got.values() for t in ts)
+        if final or time.monotonic() > deadline:
             return got
         time.sleep(0.5)
 
@@ -231,7 +233,7 @@ def test_removed_node_mid_sweep_ends_with_the_same_rows(cluster, reference, capl
     # The editor of toy-a came back on the spare GPU node and resumed there from the checkpoint the
     # removed node had written to the artifact store.
     actor = next(a for a in list_actors(address=_address(), filters=[("name", "=", editor_actor_name("cut", "toy-a"))]))
-    tasks = _settled(KINDS, since=before)
+    tasks = _settled(KINDS, since=before, dead={removed["node"]})
     calls = {kind: [t for t in tasks[kind] if t.actor_id == actor.actor_id and t.node_id]  # ran somewhere
              for kind in ("EditorWorker.begin", "EditorWorker.edit")}
     spare = {cluster.ids[f"gpu{i}"] for i in range(3)} - {removed["node"]}
