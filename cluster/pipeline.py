@@ -68,11 +68,11 @@ class ResourceError(RuntimeError):
     """The config asks for resources the Ray cluster does not have."""
 
 
-def require_gpus(num_gpus: float, what: str, executor: Executor | None = None) -> None:
+def require_gpus(num_gpus: float, what: str, executor: Executor) -> None:
     """Fail fast when a GPU is requested on a cluster without GPUs (Ray would wait forever)."""
     if num_gpus <= 0:
         return
-    have = (executor or RayExecutor()).gpus()
+    have = executor.gpus()
     if have < num_gpus:
         raise ResourceError(
             f"{what} asks for {num_gpus} GPU(s) but the Ray cluster has {have:g}. Set num_gpus: 0 for "
@@ -375,13 +375,13 @@ class CellRun:
 
 
 def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
-              store: ArtifactStore, on_progress: Callable[[ProgressEvent], None] = lambda event: None,
-              executor: Executor | None = None, resume: Collection[str] = ()) -> dict[str, str]:
+              store: ArtifactStore, on_progress: Callable[[ProgressEvent], None] = lambda event: None, *,
+              executor: Executor, resume: Collection[str] = ()) -> dict[str, str]:
     """Run all cells of one model on one editor actor; return {run_id: final status}.
 
     ``resume``: run ids to continue from their checkpoints and rows (registered as RESUME).
     """
-    ex = executor or RayExecutor()
+    ex = executor
     require_gpus(model.num_gpus, f"editor for {model.name}", ex)
     mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress)
     mr.eval_task = ex.task(evaluate_checkpoint, **placement.eval_options(cfg, model), max_retries=2)
@@ -397,10 +397,9 @@ def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sw
 
 
 def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | None,
-                   on_existing: str = "resume", executor: Executor | None = None
-                   ) -> dict[str, tuple[RunCell, RunDecision]]:
+                   on_existing: str = "resume", *, executor: Executor) -> dict[str, tuple[RunCell, RunDecision]]:
     """Register every cell in ``runs``; return {run_id: (cell, decision)} of the cells to run (not SKIP)."""
-    ex = executor or RayExecutor()
+    ex = executor
     cells = {cell.run_id(sweep_id): cell for cell in cfg.cells()}
     specs = [RunSpec(run_id=rid, sweep_id=sweep_id, model=c.model.name, method=c.method, dataset=c.dataset,
                      batch_size=c.batch_size, n_edits=c.n_edits, seed=c.seed, config=c.config(), git_sha=git_sha)
@@ -410,18 +409,19 @@ def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | 
 
 
 def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore, git_sha: str | None,
-              on_existing: str = "resume", executor: Executor | None = None,
+              on_existing: str = "resume", *, executor: Executor,
               on_progress: Callable[[ProgressEvent], None] = lambda event: None, parallel: bool = True
               ) -> dict[str, str]:
     """Register the sweep's cells and run the unfinished ones; return {run_id: status} of those run.
 
-    Models run in parallel threads (one editor actor each) when ``parallel``; the in-process
-    executor runs them one after the other.
+    ``executor``: where the work runs (:class:`RayExecutor`, or :class:`LocalExecutor` in-process),
+    always given by the caller. Models run in parallel threads (one editor actor each) when
+    ``parallel``; the in-process executor runs them one after the other.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    ex = executor or RayExecutor()
-    todo = register_cells(cfg, sweep_id, writer, git_sha, on_existing, ex)
+    ex = executor
+    todo = register_cells(cfg, sweep_id, writer, git_sha, on_existing, executor=ex)
     resume = {rid for rid, (_, d) in todo.items() if d is RunDecision.RESUME}
     by_model: dict[str, list[RunCell]] = {}
     for cell, _ in todo.values():
@@ -431,21 +431,22 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
     statuses: dict[str, str] = {}
     if not parallel or len(by_model) <= 1:
         for cells in by_model.values():
-            statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex, resume))
+            statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, executor=ex,
+                                      resume=resume))
         return statuses
     for cells in by_model.values():  # transformers' lazy imports are not thread-safe: the first ones here
         cells[0].model.hf_config()
     with ThreadPoolExecutor(max_workers=len(by_model)) as pool:
-        futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, ex,
-                               resume) for cells in by_model.values()]
+        futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress,
+                               executor=ex, resume=resume) for cells in by_model.values()]
         for f in futures:
             statuses.update(f.result())
     return statuses
 
 
-def start_writer(path: str, executor: Executor | None = None) -> Any:
+def start_writer(path: str, executor: Executor) -> Any:
     """The one process that owns the DuckDB file, on the driver's node (:func:`cluster.placement.writer_options`)."""
-    ex = executor or RayExecutor()
+    ex = executor
     node = None
     if isinstance(ex, RayExecutor):
         import ray
