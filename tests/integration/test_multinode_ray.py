@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from cluster.config import TOY_CONFIG_PATH, SweepConfig, parse_config
+from cluster.events import BatchEdited, ProgressEvent
 from cluster.workers import checkpoint_codec, checkpoint_key
 from storage.artifacts import ArtifactStore
 from storage.hashing import config_hash
@@ -212,8 +213,8 @@ def test_removed_node_mid_sweep_ends_with_the_same_rows(cluster, reference, capl
     removed: dict[str, str] = {}
     lock = threading.Lock()
 
-    def remove_editor_node_after_first_batch(msg: str) -> None:
-        if not (msg.startswith("cut:toy-a:") and msg.endswith(": 10/40 edits")):
+    def remove_editor_node_after_first_batch(event: ProgressEvent) -> None:
+        if not (isinstance(event, BatchEdited) and event.run_id.startswith("cut:toy-a:") and event.edits_done == 10):
             return
         with lock:
             if removed:
