@@ -40,6 +40,7 @@ class Executor(Protocol):
     def actor(self, cls: type, *args: Any, **options: Any) -> Any: ...
     def call(self, actor: Any, method: str, *args: Any, num_returns: int = 1, **kwargs: Any) -> Any: ...
     def get(self, refs: Any, timeout: float | None = None) -> Any: ...
+    def ready(self, refs: Sequence[Any]) -> list[bool]: ...
     def gpus(self) -> float: ...
     def kill(self, actor: Any, no_restart: bool = True) -> None: ...
 
@@ -74,6 +75,14 @@ class RayExecutor:
 
     def get(self, refs: Any, timeout: float | None = None) -> Any:
         return self._ray.get(refs, timeout=timeout)
+
+    def ready(self, refs: Sequence[Any]) -> list[bool]:
+        """Whether each ref's value (or error) is there now; never waits."""
+        if not refs:
+            return []
+        done, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        finished = set(done)
+        return [r in finished for r in refs]
 
     def gpus(self) -> float:
         return float(self._ray.cluster_resources().get("GPU", 0.0))
@@ -181,6 +190,9 @@ class LocalExecutor:
         if isinstance(refs, list | tuple):
             return [r.result() for r in refs]
         return refs.result()
+
+    def ready(self, refs: Sequence[Any]) -> list[bool]:
+        return [True for _ in refs]  # in-process calls have finished when they return
 
     def gpus(self) -> float:
         return self._gpus

@@ -312,6 +312,7 @@ class CellRun:
             self.last_ok = end
             self.write_report(step, report)
             mr.on_progress(BatchEdited(self.run_id, report["edits_done"], cell.n_edits))
+            self.collect(upto=self.last_ok, strict=True, only_ready=True)  # rows land while the cell runs
         self.collect(upto=cell.n_edits, strict=True)
 
     def write_report(self, step: int, report: dict[str, Any]) -> None:
@@ -342,11 +343,13 @@ class CellRun:
             self.mr.unedited[key] = self.evaluate(0, self.mr.ex.put({}))
         return self.mr.unedited[key]
 
-    def collect(self, upto: int, strict: bool) -> None:
-        """Write the evaluations of points <= ``upto``; lenient (``strict=False``) skips failed ones."""
-        for p in sorted(self.evals):
-            if p > upto:
-                continue
+    def collect(self, upto: int, strict: bool, only_ready: bool = False) -> None:
+        """Write the evaluations of points <= ``upto``; lenient (``strict=False``) skips failed ones;
+        ``only_ready``: only those that have finished (does not wait)."""
+        points = [p for p in sorted(self.evals) if p <= upto]
+        if only_ready:
+            points = [p for p, ok in zip(points, self.mr.ex.ready([self.evals[p] for p in points]), strict=True) if ok]
+        for p in points:
             ref = self.evals.pop(p)
             try:
                 out = _for_run(self.mr.get(ref), self.run_id)

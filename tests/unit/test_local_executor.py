@@ -159,3 +159,35 @@ def test_driver_progress_events_are_typed(local_sweep) -> None:
     assert [(e.edits_done, e.n_edits) for e in batches] == [(10, 20), (20, 20)]
     assert sorted(e.edits_done for e in points) == [0, 10, 20] and len(events) == 5
     assert str(batches[0]) == f"{batches[0].run_id}: 10/20 edits" and batches[0].run_id.startswith("events:")
+
+
+class _WriteLog(LocalExecutor):
+    """Records, in order, which evaluation points' metric rows and which batches' timing rows are written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, int]] = []
+
+    def call(self, actor, method, *args, num_returns=1, **kwargs):
+        if method == "write":
+            for row in kwargs.get("metrics") or []:
+                self.log.append(("eval", int(row["edits_done"])))
+            for row in kwargs.get("timings") or []:
+                if row.get("stage") == "edit_batch":
+                    self.log.append(("batch", int(row["step"])))
+        return super().call(actor, method, *args, num_returns=num_returns, **kwargs)
+
+
+def test_evaluation_rows_land_while_the_cell_runs(tmp_path: Path) -> None:
+    """An evaluation point's rows are written once it has finished, not after the cell's last batch."""
+    cfg = _config(tmp_path, "n_edits=[30]", "methods=[alphaedit]")
+    ex = _WriteLog()
+    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
+    try:
+        statuses = run_sweep(cfg, "live", writer, ArtifactStore(tmp_path / "artifacts"), None, executor=ex)
+    finally:
+        ex.get(ex.call(writer, "close"))
+    assert set(statuses.values()) == {"finished"}
+    order = list(dict.fromkeys(ex.log))  # first occurrence of each (kind, point)
+    first_eval_at_10 = order.index(("eval", 10))
+    assert first_eval_at_10 < order.index(("batch", 2)), order  # before the third batch's report (steps count from 0)
