@@ -111,6 +111,17 @@ class MetricConfig:
 
     max_records: NonNegativeInt | None = None  # evaluate at most this many of the records edited so far
     generation_records: NonNegativeInt = 20  # fluency/consistency on this many records (generation is slow)
+    # zsRE answer tokens: "clean" (the answer's own tokens) or "reference" (the reference code's BOS-first
+    # tokens of a BOS-adding tokenizer, which cap Llama-3's zsRE numbers; eval.rewrite.zsre_answer_prefix).
+    zsre_answer_tokens: Literal["clean", "reference"] = "clean"
+    # The paper's Fig. 5: hidden-state drift (eval.drift) of the first N preservation-corpus documents at the
+    # last edited layer, at every evaluation point (rows under dataset "preserved"); 0: off.
+    drift_prompts: NonNegativeInt = 0
+
+
+#: MetricConfig fields added after results were first stored: their defaults reproduce the earlier
+#: evaluation, so they enter the sweep hash only when set otherwise (existing sweep ids stay valid).
+LATER_METRIC_FIELDS: dict[str, Any] = {"zsre_answer_tokens": "clean", "drift_prompts": 0}
 
 
 #: SweepConfig fields that say where results go or name the sweep; they are not part of its hash.
@@ -156,6 +167,9 @@ class SweepConfig:
         for m in d["models"]:
             for key in MODEL_PLACEMENT_FIELDS:
                 m.pop(key, None)
+        for key, default in LATER_METRIC_FIELDS.items():
+            if d["metrics"].get(key) == default:
+                d["metrics"].pop(key)
         return config_hash(d)
 
     def cells(self) -> Iterator[RunCell]:

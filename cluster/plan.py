@@ -45,10 +45,19 @@ def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, e
     records = data.eval_records[: edits_done if edits_done > 0 else cell.n_edits]
     if cfg.metrics.max_records:
         records = records[: cfg.metrics.max_records]
+    drift_corpus = None
+    if cfg.metrics.drift_prompts:  # the first N documents (streamed; no random sample of a whole hub corpus)
+        from dataclasses import replace
+
+        from cluster.keys import corpus_spec
+
+        drift_corpus = replace(corpus_spec(cell.model, cfg.metrics.drift_prompts), sample="first")
     return EvalRequest(run_id=run_id, edits_done=edits_done, dataset=cell.dataset, records=tuple(records),
                        probe_tasks=cfg.probes.tasks, probe_limit=cfg.probes.limit,
                        probe_batch_size=cfg.probes.batch_size, generation_records=cfg.metrics.generation_records,
-                       snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed)
+                       snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed,
+                       zsre_answer_tokens=cfg.metrics.zsre_answer_tokens, drift_corpus=drift_corpus,
+                       drift_layer=cell.hparams().layers[-1])
 
 
 @dataclass(frozen=True)

@@ -410,6 +410,9 @@ class EvalRequest:
     snippets_source: str | None = None
     tfidf_sources: tuple[str, str] | None = None
     seed: int = 0
+    zsre_answer_tokens: str = "clean"
+    drift_corpus: Any | None = None  # eval.corpus.CorpusSpec of the drift documents (None: no drift)
+    drift_layer: int | None = None  # the last edited layer
 
 
 _MODEL_CACHE: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -421,6 +424,21 @@ def cached_model(path: str, device: torch.device, dtype: str) -> tuple[Any, Any]
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = load_model(path, device, dtype)
     return _MODEL_CACHE[key]
+
+
+_DRIFT_TEXTS: dict[str, tuple[str, ...]] = {}
+
+
+def drift_texts(spec: Any | None) -> tuple[str, ...]:
+    """The drift documents of ``spec`` (an ``eval.corpus.CorpusSpec``), read once per worker process."""
+    if spec is None:
+        return ()
+    from eval.corpus import iter_corpus
+
+    key = spec.key()
+    if key not in _DRIFT_TEXTS:
+        _DRIFT_TEXTS[key] = tuple(iter_corpus(spec))
+    return _DRIFT_TEXTS[key]
 
 
 def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | StoredDeltas, req: EvalRequest,
@@ -448,7 +466,9 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
         snippets = vectorizer = None
     plan = EvalPlan(dataset=req.dataset, records=records, generation_records=req.generation_records,
                     snippets=snippets, vectorizer=vectorizer, probe_tasks=req.probe_tasks,
-                    probe_limit=req.probe_limit, probe_batch_size=req.probe_batch_size, seed=req.seed)
+                    probe_limit=req.probe_limit, probe_batch_size=req.probe_batch_size, seed=req.seed,
+                    zsre_answer_tokens=req.zsre_answer_tokens,  # type: ignore[arg-type]
+                    drift_texts=drift_texts(req.drift_corpus), drift_layer=req.drift_layer)
     result = evaluate_edited(model, tok, plan, torch_deltas)
     metric_rows = [{"run_id": req.run_id, "edits_done": req.edits_done, "dataset": row.dataset, "metric": row.metric,
                     "value": row.value, "n_cases": row.n_cases} for row in result.rows]

@@ -28,8 +28,9 @@ from torch import nn
 from alphaedit.hooks import capture, run_until_stopped
 from alphaedit.models import ModelSpec, spec_for
 from alphaedit.tokens import encode, model_device, pad_id, right_pad
+from storage import names
 
-DRIFT_METRICS = ("drift_shift", "drift_displacement", "drift_mmd")
+DRIFT_METRICS = names.DRIFT_METRICS
 
 
 @torch.no_grad()
@@ -75,7 +76,8 @@ def drift_metrics(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]
         raise ValueError("drift_metrics: the unedited representations are all equal (no spread to compare to)")
     shift = float((h1.mean(0) - mu0).norm()) / spread
     displacement = float((h1 - h0).norm(dim=1).mean()) / spread
-    return {"drift_shift": shift, "drift_displacement": displacement, "drift_mmd": mmd2_rbf(h0, h1)}
+    return {names.METRIC_DRIFT_SHIFT: shift, names.METRIC_DRIFT_DISPLACEMENT: displacement,
+            names.METRIC_DRIFT_MMD: mmd2_rbf(h0, h1)}
 
 
 def mmd2_rbf(x: torch.Tensor, y: torch.Tensor) -> float:

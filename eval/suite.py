@@ -21,8 +21,10 @@ from torch import nn
 
 from alphaedit.editor import check_finite
 from eval.datasets import CounterFactRecord, Snippets, ZsreRecord
+from eval.drift import drift_metrics, hidden_states
 from eval.probes import ProbeRow, resolve_tasks, run_probes
 from eval.rewrite import (
+    ZsreAnswerTokens,
     counterfact_generation_scores,
     counterfact_metrics,
     mean_over_records,
@@ -47,6 +49,9 @@ class EvalPlan:
     batch_size: int = 64  # rows per scoring forward
     generation_batch_size: int = 32
     seed: int = 0  # generation seed
+    zsre_answer_tokens: ZsreAnswerTokens = "clean"  # eval.rewrite.zsre_answer_prefix
+    drift_texts: Sequence[str] = ()  # preserved documents whose hidden states are compared (eval.drift)
+    drift_layer: int | None = None  # block whose output is compared (the last edited layer)
 
 
 @dataclass
@@ -75,7 +80,8 @@ def generation_rows(model: nn.Module, tokenizer, records: Sequence[CounterFactRe
 def rewrite_rows(model: nn.Module, tokenizer, plan: EvalPlan) -> list[MetricRow]:
     """The rewrite metrics of ``plan`` on ``model`` as it is (no deltas applied here)."""
     if plan.dataset == names.DATASET_ZSRE:
-        return zsre_metrics(model, tokenizer, list(plan.records), batch_size=plan.batch_size)
+        return zsre_metrics(model, tokenizer, list(plan.records), batch_size=plan.batch_size,
+                            answer_tokens=plan.zsre_answer_tokens)
     records = list(plan.records)
     rows = counterfact_metrics(model, tokenizer, records, generation=False, batch_size=plan.batch_size,
                                dataset=plan.dataset)
@@ -96,8 +102,16 @@ def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
     deltas = dict(deltas or {})
     check_finite({f"delta of {name}": d for name, d in deltas.items()}, "the deltas to evaluate")
     t0 = time.perf_counter()
+    drift = bool(plan.drift_texts)
+    if drift and plan.drift_layer is None:
+        raise ValueError("evaluate_edited: drift_texts need a drift_layer (the last edited layer)")
+    before = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer) if drift else None
     with edited_weights(model, deltas):
         rows = rewrite_rows(model, tokenizer, plan)
+        if before is not None:
+            after = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer)
+            rows += [MetricRow(names.DATASET_PRESERVED, metric, value, len(plan.drift_texts))
+                     for metric, value in drift_metrics(before, after).items()]
         t_metrics = time.perf_counter() - t0
         probes = run_probes(model, tokenizer, resolve_tasks(list(plan.probe_tasks)), limit=plan.probe_limit,
                             batch_size=plan.probe_batch_size) if plan.probe_tasks else []

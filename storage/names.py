@@ -83,6 +83,13 @@ COUNTERFACT_METRICS: tuple[str, ...] = (
 )
 ZSRE_METRICS: tuple[str, ...] = (METRIC_EFFICACY, METRIC_GENERALIZATION, METRIC_SPECIFICITY)
 
+# Hidden-representation drift of preserved documents (the paper's Fig. 5; eval.drift), under DATASET_PRESERVED.
+DATASET_PRESERVED = "preserved"
+METRIC_DRIFT_SHIFT = "drift_shift"
+METRIC_DRIFT_DISPLACEMENT = "drift_displacement"
+METRIC_DRIFT_MMD = "drift_mmd"
+DRIFT_METRICS: tuple[str, ...] = (METRIC_DRIFT_SHIFT, METRIC_DRIFT_DISPLACEMENT, METRIC_DRIFT_MMD)
+
 #: Column headers of the paper's Table 1, by metric name (``method_comparison`` query).
 TABLE1_HEADERS: dict[str, str] = {
     METRIC_EFFICACY: "Eff.",

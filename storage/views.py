@@ -59,6 +59,13 @@ METRIC_UNITS: dict[str, MetricUnit] = {
     names.METRIC_SPECIFICITY_MAGNITUDE: MetricUnit(_PROB, 100.0, "mean p(true) - p(new) after the "
                                                    "neighborhood prompts, x100"),
     "skipped_records": MetricUnit("records", 1.0, "records a loader skipped as malformed (a count)"),
+    names.METRIC_DRIFT_SHIFT: MetricUnit("ratio", 1.0, "distance of the preserved documents' mean hidden state "
+                                         "(last edited block, last token) from the unedited one, over the "
+                                         "unedited spread (eval.drift)"),
+    names.METRIC_DRIFT_DISPLACEMENT: MetricUnit("ratio", 1.0, "mean per-document move of that hidden state, over "
+                                                "the unedited spread"),
+    names.METRIC_DRIFT_MMD: MetricUnit("MMD^2", 1.0, "RBF-kernel squared maximum mean discrepancy between the "
+                                       "edited and unedited hidden states (0: same distribution)"),
 }
 
 #: lm-eval metrics that are fractions in [0, 1]; other probe metrics read "as lm-eval reports".

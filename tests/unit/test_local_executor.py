@@ -191,3 +191,30 @@ def test_evaluation_rows_land_while_the_cell_runs(tmp_path: Path) -> None:
     order = list(dict.fromkeys(ex.log))  # first occurrence of each (kind, point)
     first_eval_at_10 = order.index(("eval", 10))
     assert first_eval_at_10 < order.index(("batch", 2)), order  # before the third batch's report (steps count from 0)
+
+
+def test_drift_rows_at_every_evaluation_point(tmp_path: Path) -> None:
+    """metrics.drift_prompts: the Fig. 5 drift of preserved documents, 0 on the unedited model."""
+    cfg = _config(tmp_path, "n_edits=[20]", "methods=[alphaedit]", "metrics.drift_prompts=12")
+    assert cfg.hash != _config(tmp_path, "n_edits=[20]", "methods=[alphaedit]").hash
+    ex = LocalExecutor()
+    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
+    try:
+        run_sweep(cfg, "drift", writer, ArtifactStore(tmp_path / "artifacts"), None, executor=ex)
+        rows = _q(ex, writer, "SELECT edits_done, metric, value, n_cases FROM metrics WHERE dataset = 'preserved' "
+                              "ORDER BY edits_done, metric")
+    finally:
+        ex.get(ex.call(writer, "close"))
+    got = {(int(e), m): (v, n) for e, m, v, n in rows.iter_rows()}
+    assert set(got) == {(e, m) for e in (0, 10, 20) for m in ("drift_displacement", "drift_mmd", "drift_shift")}
+    assert all(got[(0, m)][0] == 0.0 for m in ("drift_displacement", "drift_mmd", "drift_shift"))
+    assert got[(20, "drift_displacement")][0] > 0.0 and got[(20, "drift_displacement")][1] == 12
+
+
+def test_new_metric_fields_keep_existing_sweep_ids(tmp_path: Path) -> None:
+    base = _config(tmp_path)
+    same = _config(tmp_path, "metrics.zsre_answer_tokens=clean", "metrics.drift_prompts=0")
+    assert same.hash == base.hash
+    assert _config(tmp_path, "metrics.zsre_answer_tokens=reference").hash != base.hash
+    with pytest.raises(Exception, match="zsre_answer_tokens"):
+        _config(tmp_path, "metrics.zsre_answer_tokens=bos")
