@@ -238,6 +238,11 @@ class CellRun:
             projector_id, rows = mr.projectors(self.cell, stats.ref, keys, self.run_id)
             if rows:
                 self.write(timings=rows)
+            if projector_id is not None:  # rank P / d_k per layer, with the run (the threshold study reads it)
+                self.write(metrics=[
+                    {"run_id": self.run_id, "edits_done": 0, "dataset": names.DATASET_PROJECTOR,
+                     "metric": names.kept_fraction_metric(layer), "value": float(kept), "n_cases": None}
+                    for layer, kept in sorted(mr.projector_info[projector_id]["kept"].items())])
             self.data = cell_data(self.cell)
             mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.RUNNING))
             restarts = 0

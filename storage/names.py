@@ -90,6 +90,15 @@ METRIC_DRIFT_DISPLACEMENT = "drift_displacement"
 METRIC_DRIFT_MMD = "drift_mmd"
 DRIFT_METRICS: tuple[str, ...] = (METRIC_DRIFT_SHIFT, METRIC_DRIFT_DISPLACEMENT, METRIC_DRIFT_MMD)
 
+# The null-space projector of a run (edits_done 0): rank P / d_k of each edited layer, under DATASET_PROJECTOR.
+DATASET_PROJECTOR = "projector"
+METRIC_KEPT_FRACTION_PREFIX = "kept_fraction.layer"
+
+
+def kept_fraction_metric(layer: int) -> str:
+    """``kept_fraction.layer<l>``: the share of d_k the layer's projector keeps (its rank / d_k)."""
+    return f"{METRIC_KEPT_FRACTION_PREFIX}{int(layer)}"
+
 #: Column headers of the paper's Table 1, by metric name (``method_comparison`` query).
 TABLE1_HEADERS: dict[str, str] = {
     METRIC_EFFICACY: "Eff.",

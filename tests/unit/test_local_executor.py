@@ -63,7 +63,7 @@ def test_local_sweep_writes_the_expected_rows_without_ray(local_sweep) -> None:
     runs = _q(ex, writer, "SELECT method, status, error FROM runs ORDER BY method")
     assert runs["method"].to_list() == ["alphaedit", "memit"] and runs["error"].null_count() == 2
     per = _q(ex, writer, "SELECT r.method, m.edits_done, count(*) AS n FROM metrics m JOIN runs r USING (run_id) "
-                         "GROUP BY ALL ORDER BY ALL")
+                         "WHERE m.dataset = r.dataset GROUP BY ALL ORDER BY ALL")
     assert per["edits_done"].to_list() == [0, 10, 20, 0, 10, 20]
     assert set(per["n"].to_list()) == {6}  # probability metrics (no generation records)
     probes = _q(ex, writer, "SELECT count(*) AS n FROM probes")["n"][0]
@@ -78,6 +78,9 @@ def test_local_sweep_writes_the_expected_rows_without_ray(local_sweep) -> None:
     assert kinds["n"].to_list() == [4, layers, layers]
     values = _q(ex, writer, "SELECT value FROM metrics WHERE metric = 'efficacy'")["value"].to_list()
     assert len(values) == 6 and all(0 <= v <= 100 for v in values)
+    kept = _q(ex, writer, "SELECT r.method, count(*) AS n FROM metrics m JOIN runs r USING (run_id) "
+                          "WHERE m.dataset = 'projector' GROUP BY 1")
+    assert kept.rows() == [("alphaedit", layers)]  # MEMIT has no projector
 
 
 def test_plan_checkpoints_every_n_batches_evaluations_and_end(local_sweep) -> None:
@@ -203,12 +206,16 @@ def test_drift_rows_at_every_evaluation_point(tmp_path: Path) -> None:
         run_sweep(cfg, "drift", writer, ArtifactStore(tmp_path / "artifacts"), None, executor=ex)
         rows = _q(ex, writer, "SELECT edits_done, metric, value, n_cases FROM metrics WHERE dataset = 'preserved' "
                               "ORDER BY edits_done, metric")
+        kept = _q(ex, writer, "SELECT metric, value FROM metrics WHERE dataset = 'projector' AND edits_done = 0")
     finally:
         ex.get(ex.call(writer, "close"))
     got = {(int(e), m): (v, n) for e, m, v, n in rows.iter_rows()}
     assert set(got) == {(e, m) for e in (0, 10, 20) for m in ("drift_displacement", "drift_mmd", "drift_shift")}
     assert all(got[(0, m)][0] == 0.0 for m in ("drift_displacement", "drift_mmd", "drift_shift"))
     assert got[(20, "drift_displacement")][0] > 0.0 and got[(20, "drift_displacement")][1] == 12
+    layers = cfg.cells().__next__().hparams().layers
+    assert sorted(kept["metric"].to_list()) == sorted(f"kept_fraction.layer{la}" for la in layers)
+    assert all(0.0 < v < 1.0 for v in kept["value"].to_list())
 
 
 def test_new_metric_fields_keep_existing_sweep_ids(tmp_path: Path) -> None:
