@@ -196,6 +196,7 @@ def preservation_stats(
                 return
             yield text
 
+    kwargs.setdefault("forward_dtype", None if hparams.stats_dtype == "float32" else hparams.stats_dtype)
     return compute_key_stats(
         model, tokenizer, limited(), spec, hparams.layers,
         max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size,

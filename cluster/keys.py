@@ -65,7 +65,7 @@ def stats_keys(model: ModelConfig, cell: RunCell, module_names: dict[int, str], 
     return {
         layer: KeyStatsKey(model_id=model.path, revision=revision, module=module_names[layer],
                            corpus=corpus_key, n_samples=hp.mom2_n_samples, max_length=hp.mom2_max_length,
-                           dtype="float32", key_budget=budget)
+                           dtype=hp.stats_dtype, key_budget=budget)
         for layer in hp.layers
     }
 

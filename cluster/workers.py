@@ -67,6 +67,7 @@ def stats_shard(model_path: str, texts: Sequence[str], hparams: Mapping[str, Any
     stats = compute_key_stats(
         model, tok, texts, spec, hp.layers, max_length=hp.mom2_max_length, batch_size=hp.mom2_batch_size,
         max_keys=key_budget(model, spec, hp.layers, hp.key_budget_multiplier),
+        forward_dtype=None if hp.stats_dtype == "float32" else hp.stats_dtype,  # sums stay fp64
     )
     return {layer: (acc.sum_kkT.cpu().numpy(), acc.count) for layer, acc in stats.items()}
 
