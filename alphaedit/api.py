@@ -51,7 +51,7 @@ from alphaedit.methods import method_spec
 from alphaedit.requests import EditRequest, InvalidRequestError
 from alphaedit.scoring import CounterFactScores, counterfact_probability_scores, mean_over_records
 from alphaedit.stats import SecondMoment
-from alphaedit.tokens import encode, model_device, pad_id
+from alphaedit.tokens import encode, left_pad, model_device, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -261,12 +261,7 @@ def greedy_continuations(model: nn.Module, tokenizer, prompts: Sequence[str], *,
         all_ids = encode(tokenizer, prompts)
         for start in range(0, len(all_ids), batch_size):
             batch = all_ids[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, ids in enumerate(batch):  # left padding, positions from the mask
-                input_ids[i, width - len(ids) :] = torch.as_tensor(ids)
-                mask[i, width - len(ids) :] = 1
+            input_ids, mask = left_pad(batch, pad)  # positions from the mask
             new: list[torch.Tensor] = []
             for _ in range(max_new_tokens):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, w)

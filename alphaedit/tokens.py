@@ -48,6 +48,20 @@ def right_pad(ids: Sequence[Sequence[int]], pad: int, device: torch.device | str
     return input_ids.to(device), mask.to(device)
 
 
+def left_pad(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` (batch, max_len), int64 on the CPU (for generation:
+    every row's last token is at the last position; positions come from the mask's cumulative sum)."""
+    if not ids:
+        raise ValueError("left_pad: empty batch")
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return input_ids, mask
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from alphaedit.tokens import encode, model_device, pad_id
+from alphaedit.tokens import encode, left_pad, model_device, pad_id
 
 
 @torch.no_grad()
@@ -51,13 +51,8 @@ def sample_top_k(
 
 def _sample_batch(model: nn.Module, tokenizer, batch: list[list[int]], max_out_len: int, top_k: int,
                   generator: torch.Generator, pad: int, device: torch.device) -> list[str]:
-    width = max(len(ids) for ids in batch)
     n_new = max(0, max_out_len - min(len(ids) for ids in batch))
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):  # left padding
-        input_ids[i, width - len(ids):] = torch.as_tensor(ids)
-        mask[i, width - len(ids):] = 1
+    input_ids, mask = left_pad(batch, pad)
     input_ids, mask = input_ids.to(device), mask.to(device)
     budget = torch.tensor([max(0, max_out_len - len(ids)) for ids in batch])  # (b,) tokens each may add
     new_tokens: list[torch.Tensor] = []

@@ -23,11 +23,8 @@ N = 10
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """One torch thread for the module (tests/conftest.py)."""
 
 
 def _run(out: Path, artifacts: Path, *extra: str) -> int:

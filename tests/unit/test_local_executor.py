@@ -33,12 +33,8 @@ def _config(tmp: Path, *extra: str):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as in a Ray worker with num_cpus=1 (and much faster on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """One torch thread, as in a Ray worker with num_cpus=1 (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
