@@ -453,11 +453,25 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
 
 
 def start_writer(path: str, executor: Executor) -> Any:
-    """The one process that owns the DuckDB file, on the driver's node (:func:`cluster.placement.writer_options`)."""
+    """The one process that owns the DuckDB file, on the driver's node (:func:`cluster.placement.writer_options`).
+
+    On Ray it is named :func:`storage.live.writer_actor_name` in the namespace
+    :data:`storage.live.NAMESPACE`, so that other processes can query a running sweep
+    (:func:`storage.live.query_live`); it is not detached and ends with the driver."""
+    from storage import live
+
     ex = executor
     node = None
+    opts: dict[str, Any] = {}
     if isinstance(ex, RayExecutor):
         import ray
 
         node = ray.get_runtime_context().get_node_id()
-    return ex.actor(ResultWriter, path, **placement.writer_options(node))
+        opts = {"name": live.writer_actor_name(path), "namespace": live.NAMESPACE}
+    try:
+        return ex.actor(ResultWriter, path, **placement.writer_options(node), **opts)
+    except ValueError as e:  # Ray: the name is taken, i.e. another sweep on this cluster writes the same file
+        if "already taken" not in str(e):
+            raise
+        raise RuntimeError(f"another sweep on this Ray cluster is writing {path} (its writer actor {opts['name']!r} "
+                           "exists): wait for it to end or give this sweep another results path") from e

@@ -108,6 +108,7 @@ def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None) -> 
 
     from cluster.executor import RayExecutor
     from cluster.pipeline import start_writer
+    from storage import live
     from storage.artifacts import ArtifactStore
 
     init_ray(address, num_cpus)
@@ -115,12 +116,17 @@ def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None) -> 
     if "://" not in results:
         Path(results).parent.mkdir(parents=True, exist_ok=True)
     writer = start_writer(results, RayExecutor())
+    address = ray.get_runtime_context().gcs_address
+    live.publish(results, address, live.writer_actor_name(results))  # for storage.query on the running sweep
+    log.info("live results while this runs: python -m storage.query --db %s run_status (the writer actor %s "
+             "on Ray at %s answers read-only SQL)", results, live.writer_actor_name(results), address)
     try:
         yield results, writer, ArtifactStore(resolve(cfg.artifact_root))
     finally:
         try:
             ray.get(writer.close.remote(), timeout=60)
         finally:
+            live.unpublish(results)
             ray.shutdown()
 
 

@@ -5,8 +5,10 @@
     python -m storage.query --db results.duckdb degradation_curve --csv curve.csv
     python -m storage.query --list
 
-The file is opened read-only with file access off: the SQL cannot change it. Exit status 0 on
-success, 1 when the query fails, 2 on bad arguments.
+The file is opened read-only with file access off: the SQL cannot change it. While a running
+sweep holds the file, the query goes to that sweep's writer actor (storage/live.py: found on the
+Ray cluster at --address, RAY_ADDRESS or the address published in <db>.live.json), which runs it
+the same way on a snapshot. Exit status 0 on success, 1 when the query fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from storage import queries
+from storage import live, queries
 from storage.reader import ResultsReader
 from storage.schema import SchemaVersionError
 from storage.sql import QueryRejectedError, ResultsLockedError
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sql", help="ad-hoc SQL (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN only)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="canned query parameter")
     p.add_argument("--list", action="store_true", help="list the canned queries and their parameters")
+    p.add_argument("--address", default=None,
+                   help="Ray address of the sweep that holds --db, for a live query (default: RAY_ADDRESS, else the "
+                        "address the sweep publishes in <db>.live.json)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", type=Path, help="write the result to this CSV file instead of printing it")
     out.add_argument("--parquet", type=Path, help="write the result to this Parquet file instead of printing it")
@@ -75,12 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of a canned query name or --sql")
     if args.sql is not None and args.param:
         parser.error("--param is for canned queries; write values into the --sql text instead")
+    params = _parse_params(args.param) if args.name is not None else None
     try:
-        with ResultsReader(args.db) as reader:
-            if args.sql is not None:
-                frame = reader.sql(args.sql)
-            else:
-                frame = reader.canned(args.name, **_parse_params(args.param))
+        try:
+            with ResultsReader(args.db) as reader:
+                frame = reader.sql(args.sql) if args.sql is not None else reader.canned(args.name, **params)
+        except ResultsLockedError as locked:  # a running sweep holds it: ask its writer actor (storage.live)
+            try:
+                frame = live.query_live(args.db, sql=args.sql, canned=args.name, params=params, address=args.address)
+            except live.LiveQueryError as e:
+                raise ResultsLockedError(f"{locked.args[0]}\nLive query through the sweep's writer: {e}") from e
+            print(f"(live: {args.db} is held by a running sweep; answered by its writer actor from a snapshot "
+                  "taken now)", file=sys.stderr)
     except (ResultsLockedError, SchemaVersionError, QueryRejectedError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1

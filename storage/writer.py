@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -387,6 +388,26 @@ class ResultWriter:
         q = sqlh.canned_queries.load(name)
         bound = q.bind(params)
         return self.query(q.sql, bound if bound else None)
+
+    def read_only_query(self, sql: str | None = None, params: dict[str, Any] | None = None, *,
+                        canned: str | None = None) -> pl.DataFrame:
+        """A query as :class:`storage.reader.ResultsReader` runs it, for a reader that cannot open
+        the held file (``python -m storage.query`` on a running sweep, :mod:`storage.live`).
+
+        ``sql`` (or the canned query ``canned``, with ``params``) runs on a consistent snapshot
+        of the file, opened read-only with file access off: the same guard as a reader, so it can
+        neither change the results nor read or write other files.
+        """
+        from storage.reader import ResultsReader
+
+        if (sql is None) == (canned is None):
+            raise ValueError("give exactly one of sql or canned")
+        if sql is not None:
+            sqlh.check_select_only(sql)
+        with tempfile.TemporaryDirectory(prefix="alphaedit-live-") as tmp:
+            snap = self.snapshot(Path(tmp) / "live.duckdb")
+            with ResultsReader(snap) as reader:
+                return reader.canned(canned, **(params or {})) if canned is not None else reader.sql(sql, params)
 
     def snapshot(self, dest: str | os.PathLike[str]) -> Path:
         """Write a consistent copy of the database to ``dest`` (which must not exist); return its path.

@@ -264,6 +264,41 @@ def test_query_through_writer_refuses_writes(writer):
     assert count(writer, "runs") == 1
 
 
+def test_read_only_query_has_the_readers_guard(writer, tmp_path):
+    """What a live query (storage.live) runs in the writer: the reader's answers, none of its powers."""
+    import duckdb
+
+    from storage.sql import QueryRejectedError
+
+    writer.register_run(spec())
+    writer.write_metrics(metric_rows())
+    got = writer.read_only_query("SELECT metric, count(*) AS n FROM metrics GROUP BY 1 ORDER BY 1")
+    assert got.to_dicts() == [{"metric": "efficacy", "n": 3}, {"metric": "specificity", "n": 3}]
+    assert writer.read_only_query(canned="run_status", params={"sweep_id": "s1"})["run_id"].to_list() == ["r1"]
+    assert writer.read_only_query("SELECT count(*) AS n FROM v_points")["n"][0] == 3  # the views come along
+    with pytest.raises(QueryRejectedError):
+        writer.read_only_query("DELETE FROM runs")
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a\n1\n")
+    with pytest.raises(duckdb.PermissionException):  # file access off, as in ResultsReader
+        writer.read_only_query(f"SELECT * FROM read_csv('{outside}')")
+    assert writer.query(f"SELECT count(*) AS n FROM read_csv('{outside}')")["n"][0] == 1  # the writer's own cursor can
+    assert count(writer, "runs") == 1
+
+
+def test_writer_actor_name_is_per_results_file(tmp_path):
+    from storage import live
+
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    assert live.writer_actor_name(a) == live.writer_actor_name(tmp_path / "x" / ".." / "a.duckdb")
+    assert live.writer_actor_name(a) != live.writer_actor_name(b)
+    assert live.writer_actor_name(a).startswith("alphaedit-writer:")
+    assert live.publish(a, "127.0.0.1:1", live.writer_actor_name(a)) == live.sidecar_path(a)
+    assert live.published(a)["actor"] == live.writer_actor_name(a)
+    live.unpublish(a)
+    assert live.published(a) is None
+
+
 # --- merging files -------------------------------------------------------------------------------
 
 def _file_with(tmp_path, name: str, run_id: str, value: float):
