@@ -167,7 +167,7 @@ def render_html(data: ReportData, tables: Sequence[DatasetTable], metric_plots: 
     scope = f"sweep <code>{_e(data.sweep_id)}</code>" if data.sweep_id else "all sweeps"
     tables_html = "".join(_table1_html(t) for t in tables) or '<p><span class="missing">no runs</span></p>'
     timing_cols = ("model", "method", "batch_size", "stage", "n_runs", "n_calls", "total_seconds",
-                   "seconds_per_run", "items", "seconds_per_item")
+                   "seconds_per_run", "items", "seconds_per_item", "part_of", "bytes")
     timings_html = (_img(timing_plot) + _frame_table(data.timings, "timings", timing_cols)) if timing_plot else \
         '<p><span class="missing">no timings recorded</span></p>'
     return f"""<!DOCTYPE html>

@@ -171,27 +171,65 @@ def _stage_order(stages: Sequence[str]) -> list[str]:
     return [x for x in _STAGE_ORDER if x in s] + sorted(s - set(_STAGE_ORDER))
 
 
+def stage_segments(timings: pl.DataFrame) -> list[tuple[str, str, str | None]]:
+    """The segments of the time-per-stage bar, in order: (label, stage, parent) where ``parent`` is
+    the stage a part's seconds are inside (``stage_timings.part_of``) and ``stage`` is the stage to
+    draw (for a parent with parts, its remainder is drawn as ``(<stage>: rest, <stage>, <stage>)``).
+
+    Only stages with no ``part_of`` are added up; a parent's parts (targets and solve inside
+    edit_batch) are drawn inside its span, so a bar never counts a second twice."""
+    has_parent = "part_of" in timings.columns
+    parent_of = {r["stage"]: (r["part_of"] if has_parent else None)
+                 for r in timings.select("stage", *(["part_of"] if has_parent else [])).unique().to_dicts()}
+    top = _stage_order([s for s, p in parent_of.items() if p is None])
+    segments: list[tuple[str, str, str | None]] = []
+    for stage in top:
+        parts = _stage_order([s for s, p in parent_of.items() if p == stage])
+        segments += [(f"{part} (in {stage})", part, stage) for part in parts]
+        segments.append((f"{stage}: rest" if parts else stage, stage, stage if parts else None))
+    return segments
+
+
+def stage_bars(timings: pl.DataFrame) -> tuple[list[tuple[str, str, int]], list[str], list[list[float]]]:
+    """(bars, segment labels, seconds[segment][bar]) of the time-per-stage plot: one bar per
+    (model, method, batch size), the segments of :func:`stage_segments`; a parent's remainder is
+    its seconds minus its drawn parts (never below 0), so each bar adds every second once."""
+    keys = timings.select("model", "method", "batch_size").unique().sort("model", "method", "batch_size").rows()
+    segments = stage_segments(timings)
+    per = {(r["model"], r["method"], r["batch_size"], r["stage"]): float(r["seconds_per_run"] or 0.0)
+           for r in timings.select("model", "method", "batch_size", "stage", "seconds_per_run").to_dicts()}
+    widths = []
+    for _, stage, parent in segments:
+        row = []
+        for key in keys:
+            w = per.get((*key, stage), 0.0)
+            if parent is not None and stage == parent:
+                w = max(w - sum(per.get((*key, st), 0.0) for _, st, pa in segments if pa == parent and st != parent), 0.0)
+            row.append(w)
+        widths.append(row)
+    return keys, [label for label, _, _ in segments], widths
+
+
 def timing_plot(timings: pl.DataFrame) -> Plot | None:
-    """Seconds per run by stage, one stacked bar per (model, method, batch size); None if no timings."""
+    """Seconds per run by stage, one stacked bar per (model, method, batch size); None if no timings.
+
+    Stages contained in another (``part_of``: targets and solve in edit_batch) split their parent's
+    span instead of adding to it (:func:`stage_bars`); the evaluations (rewrite_eval, probe) run
+    beside the editing, so a bar can be longer than the run's wall time."""
     if timings.height == 0:
         return None
-    keys = timings.select("model", "method", "batch_size").unique().sort("model", "method", "batch_size").rows()
-    stages = _stage_order(timings["stage"].unique().to_list())
-    fig = Figure(figsize=(9.0, 1.2 + 0.45 * len(keys)), layout="constrained")
+    keys, labels, widths = stage_bars(timings)
+    parts = {label for label, _, parent in stage_segments(timings) if parent is not None and not label.endswith(": rest")}
+    fig = Figure(figsize=(11.0, 1.6 + 0.45 * len(keys)), layout="constrained")
     ax = fig.subplots()
     left = [0.0] * len(keys)
-    for i, stage in enumerate(stages):
-        widths = []
-        for model, method, bs in keys:
-            row = timings.filter((pl.col("model") == model) & (pl.col("method") == method)
-                                 & (pl.col("batch_size") == bs) & (pl.col("stage") == stage))
-            widths.append(float(row["seconds_per_run"][0]) if row.height else 0.0)
-        ax.barh(range(len(keys)), widths, left=left, color=f"C{i % 10}", label=stage)
-        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, (label, row) in enumerate(zip(labels, widths, strict=True)):
+        ax.barh(range(len(keys)), row, left=left, color=f"C{i % 10}", label=label,
+                hatch="//" if label in parts else None, edgecolor="white", linewidth=0.5)
+        left = [a + b for a, b in zip(left, row, strict=True)]
     ax.set_yticks(range(len(keys)), [f"{mo} · {_line_label(me, bs)}" for mo, me, bs in keys], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds per run")
-    ax.set_title("Time per stage (mean over runs that recorded it)")
-    ax.legend(fontsize=7, ncols=min(len(stages), 4), loc="lower right")
+    ax.set_xlabel("seconds per run (mean over runs that recorded the stage; evaluations run beside the editing)")
+    fig.legend(fontsize=7, ncols=min(len(labels), 5), loc="outside lower center")
     ax.grid(axis="x", alpha=0.3)
     return Plot("timings", "Time per stage", _png(fig))

@@ -251,3 +251,34 @@ def test_report_of_a_file_without_runs_says_so(tmp_path: Path) -> None:
     assert "<img" not in html
     for what in ("no runs", "no rewrite metrics recorded", "no probes recorded", "no timings recorded"):
         assert f'<span class="missing">{what}</span>' in html
+
+
+def test_time_per_stage_counts_each_second_once_and_checkpoint_items_are_bytes(tmp_path: Path) -> None:
+    """targets and solve are inside edit_batch: the bar splits edit_batch, it does not add them on top."""
+    from storage.reader import ResultsReader
+    from storage.report.plots import stage_bars
+
+    db = tmp_path / "t.duckdb"
+    with ResultWriter(db) as w:
+        w.register_runs([RunSpec(run_id="r", sweep_id="s", model="m", method="alphaedit", dataset=CF, batch_size=10,
+                                 n_edits=20, seed=0, config={})])
+        w.write(timings=[
+            *({"run_id": "r", "stage": names.STAGE_EDIT_BATCH, "step": s, "seconds": 10.0, "items": 10} for s in (0, 1)),
+            *({"run_id": "r", "stage": names.STAGE_TARGETS, "step": s, "seconds": 6.0, "items": 10} for s in (0, 1)),
+            *({"run_id": "r", "stage": names.STAGE_SOLVE, "step": s, "seconds": 3.0, "items": 10} for s in (0, 1)),
+            {"run_id": "r", "stage": names.STAGE_CHECKPOINT, "step": 1, "seconds": 0.5, "items": 3_000_000},
+            {"run_id": "r", "stage": names.STAGE_REWRITE_EVAL, "step": 1, "seconds": 4.0, "items": 20},
+        ])
+    with ResultsReader(db) as r:
+        timings = r.canned("stage_timings")
+    keys, labels, widths = stage_bars(timings)
+    assert keys == [("m", "alphaedit", 10)]
+    got = dict(zip(labels, (row[0] for row in widths), strict=True))
+    assert got == {"targets (in edit_batch)": 12.0, "solve (in edit_batch)": 6.0, "edit_batch: rest": 2.0,
+                   names.STAGE_CHECKPOINT: 0.5, names.STAGE_REWRITE_EVAL: 4.0}
+    assert sum(got.values()) == 20.0 + 0.5 + 4.0  # not 20 + 12 + 6 + ...
+    ckpt = timings.filter(timings["stage"] == names.STAGE_CHECKPOINT).to_dicts()[0]
+    assert ckpt["bytes"] == 3_000_000 and ckpt["items"] is None and ckpt["seconds_per_item"] is None
+    html = write_report(db, tmp_path / "rep").read_text(encoding="utf-8")
+    head = re.search(r'<table class="timings"><thead><tr>(.*?)</tr>', html).group(1)
+    assert "<th>part_of</th>" in head and "<th>bytes</th>" in head
