@@ -46,8 +46,15 @@ class SweepConfigError(ValueError):
     """A sweep config is invalid; ``problems`` lists every problem found."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
         self.problems = list(problems)
         super().__init__(f"invalid sweep config {source}:\n  - " + "\n  - ".join(self.problems))
+
+    def brief(self) -> str:
+        """The message for a terminal: one line when there is one problem, else one line per problem."""
+        if len(self.problems) == 1:
+            return f"{self.source}: {self.problems[0]}"
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,8 @@ LATER_METRIC_FIELDS: dict[str, Any] = {"zsre_answer_tokens": "clean", "drift_pro
 #: SweepConfig fields that say where results go or name the sweep; they are not part of its hash.
 LOCATION_FIELDS: tuple[str, ...] = ("sweep_id", "results", "artifact_root")
 #: Fields that say where work runs (cluster/placement.py); placement never changes a result, so they
+#: SweepConfig fields added later, hashed only when set otherwise than this default (sweep ids kept).
+LATER_SWEEP_FIELDS: dict[str, Any] = {"on_bad_record": "fail"}
 #: are in no hash either (sweep-level, then per model).
 PLACEMENT_FIELDS: tuple[str, ...] = ("stats_placement", "eval_placement")
 MODEL_PLACEMENT_FIELDS: tuple[str, ...] = ("memory_gb", "resources", "labels")
@@ -151,6 +160,9 @@ class SweepConfig:
     stats_placement: TaskPlacement = field(default_factory=TaskPlacement)
     eval_placement: TaskPlacement = field(default_factory=TaskPlacement)
     results: str = "results/results.duckdb"
+    # A malformed dataset record: "fail" (preflight lists every one, exit 2) or "skip" (the cell edits the
+    # first n_edits valid records; the skipped ones are counted in metrics, metric skipped_records).
+    on_bad_record: Literal["fail", "skip"] = "fail"
     artifact_root: str = "results/artifacts"
     sweep_id: str | None = None
 
@@ -174,6 +186,9 @@ class SweepConfig:
 
     def cells(self) -> Iterator[RunCell]:
         """The grid: models x methods x batch sizes x n_edits x datasets x seeds x overrides."""
+        for key, default in LATER_SWEEP_FIELDS.items():
+            if d.get(key) == default:
+                d.pop(key)
         for m, method, bs, n, ds, seed, (oi, over) in itertools.product(
             self.models, self.methods, self.batch_sizes, self.n_edits, self.datasets, self.seeds,
             enumerate(self.hparams_overrides),
@@ -290,6 +305,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> SweepConfig:
         raise SweepConfigError(source, problems)
     return cfg
 
+        too_big = sorted({(b, n) for b in cfg.batch_sizes for n in cfg.n_edits if b > n})
+        if too_big:
+            problems.append("batch_sizes: " + ", ".join(f"{b} > n_edits {n}" for b, n in too_big)
+                            + "; a batch cannot be larger than its cell's n_edits (it would run one batch of "
+                            "n_edits stored under the larger batch size). Lower batch_sizes or raise n_edits.")
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     path = Path(path)

@@ -53,6 +53,7 @@ from cluster.workers import (
     evaluate_checkpoint,
     null_space_projectors,
 )
+from eval.rows import METRIC_SKIPPED_RECORDS
 from storage import names
 from storage.artifacts import ArtifactStore, KeyStatsKey
 from storage.hashing import config_hash
@@ -243,7 +244,11 @@ class CellRun:
                     {"run_id": self.run_id, "edits_done": 0, "dataset": names.DATASET_PROJECTOR,
                      "metric": names.kept_fraction_metric(layer), "value": float(kept), "n_cases": None}
                     for layer, kept in sorted(mr.projector_info[projector_id]["kept"].items())])
-            self.data = cell_data(self.cell)
+            self.data = cell_data(self.cell, mr.cfg.on_bad_record)
+            if mr.cfg.on_bad_record == "skip":  # how many malformed records the cell's stream skipped
+                self.write(metrics=[{"run_id": self.run_id, "edits_done": 0, "dataset": self.cell.dataset,
+                                     "metric": METRIC_SKIPPED_RECORDS, "value": float(self.data.skipped),
+                                     "n_cases": self.data.read}])
             mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.RUNNING))
             restarts = 0
             deadline = time.monotonic() + RESTART_WAIT_S

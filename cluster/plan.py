@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cluster.config import RunCell, SweepConfig
@@ -11,33 +12,96 @@ from cluster.workers import EvalRequest
 
 @dataclass
 class CellData:
-    """The records of one cell: what the editor edits and what the evaluation scores."""
+    """The records of one cell: what the editor edits and what the evaluation scores.
+
+    ``skipped``/``read``: malformed records skipped (``on_bad_record: skip``) among the ``read``
+    records of the file it took to find ``n_edits`` valid ones."""
 
     edit_records: list[dict[str, Any]]
     eval_records: list[dict[str, Any]]
     snippets: str | None = None
     tfidf: tuple[str, str] | None = None
+    skipped: int = 0
+    read: int = 0
 
 
-def cell_data(cell: RunCell) -> CellData:
-    """The first ``n_edits`` records of the cell's dataset (validated by the eval loaders)."""
-    from eval.datasets import load_counterfact, load_zsre, read_json_list
+@dataclass(frozen=True)
+class BadRecord:
+    index: int  # position in the file's JSON list
+    case_id: Any
+    problems: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"record #{self.index} (case_id={self.case_id!r}): {'; '.join(self.problems)}"
+
+
+@dataclass(frozen=True)
+class RecordScan:
+    """The first ``n`` valid records of a dataset file (typed), the malformed ones met on the way."""
+
+    path: Path
+    raw: list[dict[str, Any]]  # the valid raw records, in file order
+    typed: list[Any]  # their eval.datasets records (CounterFactRecord / ZsreRecord)
+    bad: list[BadRecord]
+    read: int  # records of the file looked at
+    total: int  # records in the file
+
+
+def scan_records(dataset: str, source: str, n: int, on_bad_record: str = "fail") -> RecordScan:
+    """Validate the records of ``dataset``'s file ``source`` in order: with ``fail`` the first ``n``
+    (every bad one among them is listed), with ``skip`` until ``n`` valid ones are found."""
+    from alphaedit.requests import InvalidRequestError
+    from eval.datasets import CounterFactRecord, ZsreRecord, read_json_list, resolve_data_file
+    from eval.schemas import counterfact_problems, zsre_problems
+
+    path = Path(resolve_data_file(source))
+    records = read_json_list(path)
+    raw: list[dict[str, Any]] = []
+    typed: list[Any] = []
+    bad: list[BadRecord] = []
+    read = 0
+    for index, rec in enumerate(records):  # the checks and builds of eval.datasets' loaders, record by record
+        if (len(raw) if on_bad_record == "skip" else read) >= n:
+            break
+        read += 1
+        if dataset == "counterfact":
+            case_id = rec.get("case_id", f"#{index}") if isinstance(rec, dict) else f"#{index}"
+            problems = counterfact_problems(rec)
+        else:
+            case_id, problems = index, zsre_problems(rec)
+        if not problems:
+            try:
+                typed.append(CounterFactRecord.from_json(rec) if dataset == "counterfact"
+                             else ZsreRecord.from_json(rec, index))
+                raw.append(rec)
+                continue
+            except (InvalidRequestError, KeyError, TypeError) as exc:
+                problems = [f"record: {exc}"]
+        bad.append(BadRecord(index, case_id, tuple(problems)))
+    return RecordScan(path, raw, typed, bad, read, len(records))
+
+
+def cell_data(cell: RunCell, on_bad_record: str = "fail") -> CellData:
+    """The first ``n_edits`` records of the cell's dataset (validated by the eval loaders); with
+    ``on_bad_record="skip"`` the first ``n_edits`` valid ones (the malformed ones counted)."""
+    from eval.datasets import DatasetFormatError
 
     path = cell.model.dataset_path(cell.dataset)
+    scan = scan_records(cell.dataset, path, cell.n_edits, on_bad_record)
+    if scan.bad and on_bad_record != "skip":
+        raise DatasetFormatError(f"{scan.path}: {scan.bad[0].describe()}. Fix the record, or run with "
+                                 "--on-bad-record skip to skip and count malformed records.")
     if cell.dataset == "counterfact":
-        loaded = load_counterfact(path, limit=cell.n_edits)
-        raw = read_json_list(loaded.path)[: cell.n_edits]
-        edit = eval_ = raw
+        edit = eval_ = scan.raw
     else:
-        loaded = load_zsre(path, limit=cell.n_edits)
-        edit = [r.to_counterfact() for r in loaded.records]
-        eval_ = [dict(r.to_json(), case_id=r.case_id) for r in loaded.records]
+        edit = [r.to_counterfact() for r in scan.typed]
+        eval_ = [dict(r.to_json(), case_id=r.case_id) for r in scan.typed]
     if len(edit) < cell.n_edits:
-        raise ValueError(f"{path}: only {len(edit)} records, the cell asks for n_edits={cell.n_edits}")
+        raise ValueError(f"{path}: only {len(edit)} valid records, the cell asks for n_edits={cell.n_edits}")
     m = cell.model
     snippets = m.resolve(m.attribute_snippets) if m.attribute_snippets else None
     tfidf = (m.resolve(m.tfidf_vocab), m.resolve(m.idf)) if m.tfidf_vocab and m.idf else None
-    return CellData(edit, eval_, snippets, tfidf)
+    return CellData(edit, eval_, snippets, tfidf, skipped=len(scan.bad), read=scan.read)
 
 
 def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, edits_done: int) -> EvalRequest:

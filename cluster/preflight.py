@@ -2,8 +2,10 @@
 
 :func:`cluster.config.parse_config` validates the config's own shape (keys, types, names). This
 module checks what needs a look outside it: the model's config (its ``model_type`` must be
-registered, the edited layers must exist), the dataset files (present, and large enough for the
-grid's ``n_edits`` and batch sizes) and the probe tasks (known to lm-eval or to the toy world).
+registered, the edited layers must exist), the dataset files (present, every record the cells
+edit well-formed, and large enough for the grid's ``n_edits`` and batch sizes), the probe tasks
+(known to lm-eval or to the toy world) and the outputs (the results file a DuckDB database not
+held by another writer, or creatable; the artifact store a writable folder).
 Every problem is collected, so one run of the sweep reports all of them, one line each; nothing is
 loaded but configs and JSON lists (no weights).
 """
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from alphaedit.models import UnknownModelTypeError, n_layers, spec_for
-from cluster.config import ModelConfig, SweepConfig, SweepConfigError
+from cluster.config import REPO_ROOT, ModelConfig, SweepConfig, SweepConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +55,44 @@ def model_problems(index: int, model: ModelConfig, cfg: SweepConfig) -> list[str
     return problems
 
 
-def dataset_sizes(model: ModelConfig, datasets: Iterable[str]) -> tuple[dict[str, int], list[str]]:
-    """Record counts of the model's dataset files, and the problems of the missing/unreadable ones."""
-    from eval.datasets import DatasetUnavailableError, read_json_list, resolve_data_file
+#: At most this many malformed records are listed per dataset file (the rest are counted).
+MAX_LISTED_RECORDS = 20
+
+
+def dataset_sizes(model: ModelConfig, datasets: Iterable[str], n: int | None = None,
+                  on_bad_record: str = "fail") -> tuple[dict[str, int], list[str]]:
+    """Usable record counts of the model's dataset files, and the problems of the missing/unreadable
+    ones and of every malformed record among the first ``n`` (``on_bad_record="fail"``; with
+    ``"skip"`` they are skipped and the count is of valid records, looked for up to ``n``)."""
+    from cluster.plan import scan_records
+    from eval.datasets import DatasetUnavailableError
 
     sizes, problems = {}, []
     for ds in datasets:
         source = model.dataset_path(ds)
+        where = f"models ({model.name}).{ds}"
         try:
-            path = resolve_data_file(source)
-            sizes[ds] = len(read_json_list(Path(path)))
+            scan = scan_records(ds, source, n if n is not None else 1 << 62, on_bad_record)
         except DatasetUnavailableError as exc:
-            problems.append(f"models ({model.name}).{ds}: {exc}")
-        except ValueError as exc:
-            problems.append(f"models ({model.name}).{ds}: {source}: {exc}")
+            problems.append(f"{where}: {exc}")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}: {source}: {exc}")
+            continue
+        if on_bad_record == "skip":
+            sizes[ds] = len(scan.raw) + (scan.total - scan.read)  # valid so far + the rest (not looked at)
+            if scan.bad:
+                logger.warning("%s: %s: %d malformed record(s) skipped among the first %d (on_bad_record: skip)",
+                               where, scan.path, len(scan.bad), scan.read)
+            continue
+        sizes[ds] = scan.total
+        problems += [f"{where}: {scan.path}: {b.describe()}" for b in scan.bad[:MAX_LISTED_RECORDS]]
+        if len(scan.bad) > MAX_LISTED_RECORDS:
+            problems.append(f"{where}: {scan.path}: ... and {len(scan.bad) - MAX_LISTED_RECORDS} more malformed "
+                            "record(s)")
+        if scan.bad:
+            problems.append(f"{where}: {len(scan.bad)} malformed record(s) among the first {scan.read}; fix them, "
+                            "or run with --on-bad-record skip (config: on_bad_record: skip) to skip and count them.")
     return sizes, problems
 
 
@@ -139,20 +165,107 @@ def probe_problems(tasks: Iterable[str]) -> list[str]:
             "lm-eval names such as sst2, mrpc, cola, rte, qnli, mnli, mmlu)"]
 
 
-def preflight_problems(cfg: SweepConfig) -> list[str]:
-    """Every problem of ``cfg`` that needs a look at models, files or task registries."""
+def resolve_location(path: str) -> str:
+    """A ``results``/``artifact_root`` value as the sweep uses it (relative: against the repository)."""
+    return path if "://" in path or Path(path).is_absolute() else str(REPO_ROOT / path)
+
+
+def _writable_folder(folder: Path, what: str) -> str | None:
+    """None when a file can be created in ``folder`` or, when it does not exist yet, in its nearest
+    existing ancestor (a real create-and-delete: permission bits say nothing to root or on read-only
+    and immutable folders); else the problem."""
+    import tempfile
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{what}: {probe} is a file, not a folder; the path {folder} cannot be created"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".preflight-"):
+            pass
+    except OSError as exc:
+        return f"{what}: cannot write in {probe} ({exc.strerror or exc}); pick a writable location"
+    return None
+
+
+def results_file_problems(path: str, what: str = "results") -> list[str]:
+    """The results file: a folder that can hold it, and an existing file that is a DuckDB results
+    database of this code's schema (or older), not held by another process's writer."""
+    if "://" in path:
+        return []
+    p = Path(path)
+    if p.is_dir():
+        return [f"{what}: {p} is a folder; give a file path such as {p / 'results.duckdb'}"]
+    if not p.exists():
+        problem = _writable_folder(p.parent, what)
+        return [problem] if problem else []
+    try:
+        with p.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return [f"{what}: cannot read {p} ({exc.strerror or exc})"]
+    if head[8:12] != b"DUCK":
+        seen = "it is empty" if not head else f"it starts with {head[:12]!r}"
+        return [f"{what}: {p} is not a DuckDB database ({seen}); give another path "
+                "(a new file is created) or the results file of an earlier sweep"]
+    import duckdb
+
+    from storage.schema import SCHEMA_VERSION, current_version
+
+    try:
+        con = duckdb.connect(str(p), read_only=False)
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0]
+        if "lock" in first.lower():
+            return [f"{what}: {p} is open for writing in another process ({first}); wait for it to end, or give "
+                    "another results path"]
+        return [f"{what}: cannot open {p} as a DuckDB database ({first})"]
+    try:
+        version = current_version(con)
+    finally:
+        con.close()
+    if version > SCHEMA_VERSION:
+        return [f"{what}: {p} has schema version {version}, newer than this code knows (up to {SCHEMA_VERSION}); "
+                "update this checkout (git pull) before writing to it"]
+    problem = _writable_folder(p.parent, what)  # DuckDB writes a .wal beside the file
+    return [problem] if problem else []
+
+
+def artifact_root_problems(root: str) -> list[str]:
+    """The artifact store's folder: a folder (or creatable), and writable."""
+    if "://" in root:
+        return []
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        return [f"artifact_root: {p} is a file, not a folder; give a folder path"]
+    problem = _writable_folder(p, "artifact_root")
+    return [problem] if problem else []
+
+
+def output_problems(cfg: SweepConfig) -> list[str]:
+    """Where the sweep writes: the results file and the artifact store."""
+    return results_file_problems(resolve_location(cfg.results)) + artifact_root_problems(
+        resolve_location(cfg.artifact_root))
+
+
+def preflight_problems(cfg: SweepConfig, outputs: bool = True) -> list[str]:
+    """Every problem of ``cfg`` that needs a look at models, files or task registries (and, with
+    ``outputs``, at the results file and the artifact store it writes to)."""
     problems: list[str] = []
     for i, model in enumerate(cfg.models):
         problems += model_problems(i, model, cfg)
-        sizes, missing = dataset_sizes(model, cfg.datasets)
+        sizes, missing = dataset_sizes(model, cfg.datasets, max(cfg.n_edits), cfg.on_bad_record)
         problems += missing + grid_problems(model, cfg, sizes)
     problems += probe_problems(cfg.probes.tasks)
+    if outputs:
+        problems += output_problems(cfg)
     return problems
 
 
-def preflight(cfg: SweepConfig, source: str = "<config>") -> None:
+def preflight(cfg: SweepConfig, source: str = "<config>", outputs: bool = True) -> None:
     """Raise :class:`SweepConfigError` listing every problem, or return when the sweep can start."""
-    problems = preflight_problems(cfg)
+    problems = preflight_problems(cfg, outputs)
     if problems:
         raise SweepConfigError(source, problems)
     logger.info("preflight: %d model(s), datasets %s, probes %s: ok", len(cfg.models), list(cfg.datasets),

@@ -44,7 +44,9 @@ def counterfact_problems(rec: Any) -> list[str]:
     rw = rec.get("requested_rewrite", {})
     if isinstance(rw, dict):
         new, true = rw.get("target_new", {}), rw.get("target_true", {})
-        if isinstance(new, dict) and isinstance(true, dict) and new.get("str", "").strip() == true.get("str", "").strip():
+        if (isinstance(new, dict) and isinstance(true, dict) and isinstance(new.get("str"), str)
+                and isinstance(true.get("str"), str) and new["str"].strip()
+                and new["str"].strip() == true["str"].strip()):
             problems.append("requested_rewrite.target_new.str: must differ from target_true.str")
     _str_list(rec, "paraphrase_prompts", problems)
     _str_list(rec, "neighborhood_prompts", problems)

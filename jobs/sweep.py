@@ -48,6 +48,9 @@ def config_parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray; 'local' "
                    "always starts a new local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    p.add_argument("--on-bad-record", choices=["fail", "skip"], default=None,
+                   help="a malformed dataset record: fail before any work starts, listing every one (the config's "
+                        "default), or skip it and count it (metric skipped_records); same as --set on_bad_record=...")
     return p
 
 
@@ -89,13 +92,17 @@ def resolve(path: str) -> str:
 
 def checked_config(args: argparse.Namespace) -> SweepConfig | None:
     """The config of ``args`` (--config, --set), preflighted; None after printing why it is not usable."""
+    overrides = list(args.overrides)
+    if getattr(args, "on_bad_record", None):
+        overrides.append(f"on_bad_record={args.on_bad_record}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         from cluster.preflight import preflight
 
-        preflight(cfg, args.config)  # models, layers, dataset files and sizes, probe tasks: before any work
+        # models, layers, every dataset record the cells edit, probe tasks, results file and artifact store
+        preflight(cfg, args.config)
     except SweepConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.brief()}", file=sys.stderr)
         return None
     return cfg
 

@@ -45,8 +45,8 @@ def test_missing_dataset_file(tmp_path: Path) -> None:
 
 
 def test_batch_size_and_n_edits_larger_than_dataset() -> None:
-    found = problems("batch_sizes=[5000]")
-    assert len(found) == 1 and "batch_sizes [5000]" in found[0] and "2000 records" in found[0], found
+    found = problems("batch_sizes=[5000]", "n_edits=[5000]")  # a batch larger than n_edits is a config error
+    assert len(found) == 2 and "batch_sizes [5000]" in found[1] and "2000 records" in found[1], found
     found = problems("n_edits=[2500]", "batch_sizes=[100]")
     assert len(found) == 1 and "n_edits [2500]" in found[0], found
 
@@ -55,7 +55,7 @@ def test_batch_size_and_n_edits_larger_than_dataset() -> None:
 def test_unknown_probe_task_and_all_problems_at_once(tmp_path: Path) -> None:
     with pytest.raises(SweepConfigError) as err:
         preflight(load_config(TOY_CONFIG_PATH, ["probes.tasks=[toy_knowledge, sst2, no_such_task_xyz]",
-                                                    "batch_sizes=[5000]"]))
+                                                    "batch_sizes=[5000]", "n_edits=[5000]"]))
     text = str(err.value)
-    assert len(err.value.problems) == 2, text
+    assert len(err.value.problems) == 3, text
     assert "no_such_task_xyz" in text and "sst2" not in text.split("unknown")[0], text

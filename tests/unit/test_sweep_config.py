@@ -46,7 +46,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_overrides_of_single_keys() -> None:
-    cfg = load_config(TOY_CONFIG_PATH, ["n_edits=[20, 40]", "models.0.num_gpus=1", "probes.limit=5",
+    cfg = load_config(TOY_CONFIG_PATH, ["n_edits=[20, 40]", "batch_sizes=[10]", "models.0.num_gpus=1", "probes.limit=5",
                                             "methods=[memit]"])
     assert cfg.n_edits == (20, 40) and cfg.models[0].num_gpus == 1 and cfg.probes.limit == 5
     assert cfg.methods == ("memit",)
