@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="runs of this night already in the results file: resume/skip them (default) or "
                         "replace them (e.g. after changing the nightly config the same night)")
     p.add_argument("--compare-only", action="store_true",
-                   help="do not run the sweep; judge the sweep already in the results file")
+                   help="do not run the sweep; judge the sweep already in the results file (refused, exit 2, "
+                        "unless its runs are exactly the cells of --config with --set)")
     p.add_argument("--report-dir", default=None,
                    help="where to write the HTML report (default: <results dir>/reports/<sweep id>)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
@@ -71,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def nightly_config_hash(cfg: SweepConfig) -> str:
     """Hash of what determines the nightly's numbers (not its sweep id or where results go)."""
     return cfg.hash
+
+
+def expected_runs(cfg: SweepConfig, sweep_id: str) -> dict[str, str]:
+    """{run_id: config hash} of the runs ``cfg`` makes as sweep ``sweep_id`` (what a nightly of it holds)."""
+    from storage.hashing import config_hash
+
+    return {cell.run_id(sweep_id): config_hash(cell.config()) for cell in cfg.cells()}
 
 
 def run_sweep(args: argparse.Namespace, sweep_id: str) -> int:
@@ -141,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         if not cells:
             print(f"error: {results} holds no runs of sweep {sweep_id}", file=sys.stderr)
             return EXIT_ERROR
+        if args.compare_only:  # judge only a nightly of this config: never tag or judge another sweep
+            problems = nl.config_mismatch(con, sweep_id, expected_runs(cfg, sweep_id))
+            if problems:
+                shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+                print(f"error: --compare-only: sweep {sweep_id} in {results} is not a nightly of {args.config} "
+                      f"(with the given --set): {len(problems)} difference(s):\n  {shown}\nNothing was recorded. "
+                      "Pass the --config and --set it was run with, or compare sweeps with SQL "
+                      "(python -m storage.query) instead.", file=sys.stderr)
+                return EXIT_ERROR
         current = nl.observations(con, sweep_id)
         if args.baseline == "auto":
             base = nl.select_baseline(nl.history(con), tag=args.tag, night=night, exclude=sweep_id)

@@ -437,6 +437,19 @@ def run_cells(con: Any, sweep_id: str) -> list[tuple[str, str]]:
     return [(c, m) for c, m in rows]
 
 
+def config_mismatch(con: Any, sweep_id: str, expected: Mapping[str, str]) -> list[str]:
+    """Why the runs of ``sweep_id`` are not the cells of a config, given as {run_id: config_hash}
+    (``RunCell.run_id(sweep_id)`` and the hash of ``RunCell.config()``): a run the config does not
+    make, a run with another config, a cell with no run. Empty when the sweep is that config's."""
+    rows = dict(con.execute("SELECT run_id, config_hash FROM runs WHERE sweep_id = ? ORDER BY run_id",
+                            [sweep_id]).fetchall())
+    problems = [f"run {rid} is not a cell of the config" for rid in sorted(set(rows) - set(expected))]
+    problems += [f"run {rid} was run with another config (hash {rows[rid][:12]}, the config's {h[:12]})"
+                 for rid, h in sorted(expected.items()) if rid in rows and rows[rid] != h]
+    problems += [f"the config's cell {rid} has no run" for rid in sorted(set(expected) - set(rows))]
+    return problems
+
+
 def history(con: Any) -> list[NightRecord]:
     """Every row of ``nightly_verdicts``."""
     rows = con.execute(f"SELECT sweep_id, tag, night, status, checked_at FROM {names.TABLE_NIGHTLY_VERDICTS}"

@@ -201,17 +201,32 @@ def test_check_constraints_list_exactly_the_status_enums():
     assert sorted(s.strip(" '") for s in directions.split(",")) == sorted(nl.DIRECTIONS)
 
 
-def _sweep(w: ResultWriter, sweep_id: str, efficacy: float, seconds: float = 10.0) -> None:
+def _nightly_specs(sweep_id: str, *overrides: str) -> dict[str, RunSpec]:
+    """{method: RunSpec} of the runs the nightly config (with ``overrides``) makes as ``sweep_id``."""
+    from cluster.config import load_config
+    from jobs import nightly
+
+    cfg = load_config(nightly.DEFAULT_CONFIG, [f"sweep_id={sweep_id}", *overrides])
+    return {c.method: RunSpec(run_id=c.run_id(sweep_id), sweep_id=sweep_id, model=c.model.name, method=c.method,
+                              dataset=c.dataset, batch_size=c.batch_size, n_edits=c.n_edits, seed=c.seed,
+                              config=c.config()) for c in cfg.cells()}
+
+
+def _sweep(w: ResultWriter, sweep_id: str, efficacy: float, seconds: float = 10.0,
+           specs: dict[str, RunSpec] | None = None) -> None:
+    """Two runs (alphaedit, memit) with final efficacy ``efficacy``: ad-hoc runs, or ``specs``' (a config's)."""
     for method in ("alphaedit", "memit"):
-        rid = f"{sweep_id}:{method}"
-        w.register_run(RunSpec(run_id=rid, sweep_id=sweep_id, model="toy-gpt2", method=method,
-                               dataset="counterfact", batch_size=50, n_edits=200, seed=0, config={"m": method}))
-        w.write(
+        spec = (specs or {}).get(method) or RunSpec(
+            run_id=f"{sweep_id}:{method}", sweep_id=sweep_id, model="toy-gpt2", method=method,
+            dataset="counterfact", batch_size=50, n_edits=200, seed=0, config={"m": method})
+        rid, n, b = spec.run_id, spec.n_edits, spec.batch_size
+        w.register_run(spec)
+        w.write(  # seconds per edit: `seconds` per batch of 50 edits
             metrics=[{"run_id": rid, "edits_done": e, "dataset": "counterfact", "metric": "efficacy",
-                      "value": v, "n_cases": 200} for e, v in ((0, 0.0), (100, 50.0), (200, efficacy))],
-            probes=[{"run_id": rid, "edits_done": 200, "task": "toy_knowledge", "metric": "acc", "value": 0.9}],
-            timings=[{"run_id": rid, "stage": "edit_batch", "step": s, "seconds": seconds, "items": 50}
-                     for s in range(4)] + [{"run_id": rid, "stage": "key_stats", "seconds": 99.0}],
+                      "value": v, "n_cases": n} for e, v in ((0, 0.0), (n // 2, 50.0), (n, efficacy))],
+            probes=[{"run_id": rid, "edits_done": n, "task": "toy_knowledge", "metric": "acc", "value": 0.9}],
+            timings=[{"run_id": rid, "stage": "edit_batch", "step": s, "seconds": seconds * b / 50, "items": b}
+                     for s in range(-(-n // b))] + [{"run_id": rid, "stage": "key_stats", "seconds": 99.0}],
         )
         w.set_status(rid, "finished")
 
@@ -270,9 +285,8 @@ def test_compare_only_exit_codes_table_and_baseline_choice(tmp_path, capsys):
                           "metrics: {seconds_per_edit: {direction: lower, tolerance: 1.0, relative: true}}\n"
                           "baseline: {alphaedit: {efficacy: 85.0}, memit: {efficacy: 85.0}}\n")
     with ResultWriter(db) as w:
-        _sweep(w, "nightly-2026-11-19", 90.0)
-        _sweep(w, "nightly-2026-11-20", 91.0)
-        _sweep(w, "nightly-2026-11-21", 70.0, seconds=30.0)
+        for night, eff, secs in (("19", 90.0, 10.0), ("20", 91.0, 10.0), ("21", 70.0, 30.0)):
+            _sweep(w, f"nightly-2026-11-{night}", eff, secs, _nightly_specs(f"nightly-2026-11-{night}"))
     common = ["--compare-only", "--no-report", "--thresholds", str(thresholds), "--set", f"results={db}"]
 
     assert nightly.main([*common, "--date", "2026-11-19"]) == 0  # vs the pinned 85: pass
@@ -287,7 +301,7 @@ def test_compare_only_exit_codes_table_and_baseline_choice(tmp_path, capsys):
     assert {r[0] for r in rows} == {"efficacy", "seconds_per_edit"} and len(rows) == 4
     # The failed night is no baseline: re-judging night 22 against the database picks night 20.
     with ResultWriter(db) as w:
-        _sweep(w, "nightly-2026-11-22", 91.0)
+        _sweep(w, "nightly-2026-11-22", 91.0, specs=_nightly_specs("nightly-2026-11-22"))
     assert nightly.main([*common, "--date", "2026-11-22"]) == 0
     assert "last passing nightly nightly-2026-11-20" in capsys.readouterr().out
     with nl.open_results(db) as con:
@@ -300,6 +314,33 @@ def test_compare_only_exit_codes_table_and_baseline_choice(tmp_path, capsys):
     thresholds.write_text("metrics: {efficacy: {direction: up}}\n")
     assert nightly.main([*common, "--date", "2026-11-20"]) == 2
     assert "metrics.efficacy.direction" in capsys.readouterr().err
+
+
+def test_compare_only_refuses_a_sweep_that_is_not_a_nightly_of_the_config(tmp_path, capsys):
+    """A normal sweep, or a nightly of another config, is neither judged nor tagged."""
+    from jobs import nightly
+
+    db = tmp_path / "n.duckdb"
+    with ResultWriter(db) as w:
+        _sweep(w, "sweep-abc", 90.0)  # a user's ordinary sweep
+        _sweep(w, "nightly-2026-11-20", 90.0, specs=_nightly_specs("nightly-2026-11-20", "n_edits=[50]"))
+        _sweep(w, "nightly-2026-11-21", 90.0, specs=_nightly_specs("nightly-2026-11-21"))
+    common = ["--compare-only", "--no-report", "--set", f"results={db}"]
+    assert nightly.main([*common, "--sweep-id", "sweep-abc"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep sweep-abc" in err and "is not a nightly of" in err and "Nothing was recorded" in err
+    assert "run sweep-abc:alphaedit is not a cell of the config" in err
+    assert "the config's cell sweep-abc:smollm2-135m:memit" in err
+    assert nightly.main([*common, "--date", "2026-11-20"]) == 2  # run with another n_edits
+    assert "is not a cell of the config" in capsys.readouterr().err
+    assert nightly.main([*common, "--date", "2026-11-20", "--set", "n_edits=[50]"]) in (0, 1)  # its own config
+    assert nightly.main([*common, "--date", "2026-11-21"]) in (0, 1)
+    with nl.open_results(db) as con:
+        assert con.execute("SELECT sweep_id FROM sweep_tags ORDER BY 1").fetchall() == [
+            ("nightly-2026-11-20",), ("nightly-2026-11-21",)]
+        assert con.execute("SELECT sweep_id FROM nightly_verdicts ORDER BY 1").fetchall() == [
+            ("nightly-2026-11-20",), ("nightly-2026-11-21",)]
+        assert con.execute("SELECT count(*) FROM nightly_checks WHERE sweep_id = 'sweep-abc'").fetchone()[0] == 0
 
 
 def test_nightly_config_hash_ignores_where_results_go():
