@@ -15,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from storage import names
 from storage.report import write_report
+from storage.report.core import default_out_dir
 from storage.report.data import UnknownSweepError
 from storage.schema import SchemaVersionError
 from storage.sql import ResultsLockedError
@@ -27,10 +29,16 @@ log = logging.getLogger("jobs.report")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", required=True, help="results DuckDB file (written by a sweep)")
+    p.add_argument("--db", default=str(names.default_results_path()),
+                   help=f"results DuckDB file written by a sweep (default: {names.DEFAULT_RESULTS} in the repository, "
+                        "where the default config writes)")
     p.add_argument("--sweep", default=None, help="only the runs of this sweep id (default: all runs)")
-    p.add_argument("--out", required=True, help="output folder; index.html is written there (may exist)")
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, help="output folder; index.html is written there (may exist; default: "
+                   "report-<sweep id or 'all'> beside the results file)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(default_out_dir(args.db, args.sweep))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,17 @@ literal values below; ``tests/unit/test_storage_queries.py`` checks they stay in
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
+
+#: The default results file, relative to the repository root: the default config's ``results``
+#: (``cluster.config.SweepConfig.results``), and ``--db``'s default in storage.query and jobs.report.
+DEFAULT_RESULTS = "results/results.duckdb"
+
+
+def default_results_path() -> Path:
+    """:data:`DEFAULT_RESULTS` in this repository (where a sweep with the default config writes)."""
+    return Path(__file__).resolve().parents[1] / DEFAULT_RESULTS
+
 
 # --- tables -------------------------------------------------------------------------------
 TABLE_RUNS = "runs"

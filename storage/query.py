@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from storage import live, queries
+from storage import live, names, queries
 from storage.reader import ResultsReader
 from storage.schema import SchemaVersionError
 from storage.sql import QueryRejectedError, ResultsLockedError
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Canned queries:\n" + _list(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--db", type=Path, help="results file (.duckdb)")
+    p.add_argument("--db", type=Path, default=names.default_results_path(),
+                   help=f"results file (.duckdb; default: {names.DEFAULT_RESULTS} in the repository, where the "
+                        "default config writes)")
     p.add_argument("name", nargs="?", help="canned query name (see --list)")
     p.add_argument("--sql", help="ad-hoc SQL (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN only)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="canned query parameter")
@@ -74,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(_list())
         return 0
-    if args.db is None:
-        parser.error("--db is required")
     if (args.name is None) == (args.sql is None):
         parser.error("give exactly one of a canned query name or --sql")
     if args.sql is not None and args.param:
