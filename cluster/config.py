@@ -131,11 +131,12 @@ class MetricConfig:
 LATER_METRIC_FIELDS: dict[str, Any] = {"zsre_answer_tokens": "clean", "drift_prompts": 0}
 
 
+#: SweepConfig fields added later, hashed only when set otherwise than this default (sweep ids kept).
+LATER_SWEEP_FIELDS: dict[str, Any] = {"on_bad_record": "fail"}
+
 #: SweepConfig fields that say where results go or name the sweep; they are not part of its hash.
 LOCATION_FIELDS: tuple[str, ...] = ("sweep_id", "results", "artifact_root")
 #: Fields that say where work runs (cluster/placement.py); placement never changes a result, so they
-#: SweepConfig fields added later, hashed only when set otherwise than this default (sweep ids kept).
-LATER_SWEEP_FIELDS: dict[str, Any] = {"on_bad_record": "fail"}
 #: are in no hash either (sweep-level, then per model).
 PLACEMENT_FIELDS: tuple[str, ...] = ("stats_placement", "eval_placement")
 MODEL_PLACEMENT_FIELDS: tuple[str, ...] = ("memory_gb", "resources", "labels")
@@ -156,13 +157,13 @@ class SweepConfig:
     probes: ProbeConfig = ProbeConfig()
     metrics: MetricConfig = MetricConfig()
     stats_shards: PositiveInt = 2
+    # A malformed dataset record: "fail" (preflight lists every one, exit 2) or "skip" (the cell edits the
+    # first n_edits valid records; the skipped ones are counted in metrics, metric skipped_records).
+    on_bad_record: Literal["fail", "skip"] = "fail"
     # Where the statistics shards and the evaluation tasks run (cluster/placement.py); not hashed.
     stats_placement: TaskPlacement = field(default_factory=TaskPlacement)
     eval_placement: TaskPlacement = field(default_factory=TaskPlacement)
     results: str = "results/results.duckdb"
-    # A malformed dataset record: "fail" (preflight lists every one, exit 2) or "skip" (the cell edits the
-    # first n_edits valid records; the skipped ones are counted in metrics, metric skipped_records).
-    on_bad_record: Literal["fail", "skip"] = "fail"
     artifact_root: str = "results/artifacts"
     sweep_id: str | None = None
 
@@ -182,19 +183,20 @@ class SweepConfig:
         for key, default in LATER_METRIC_FIELDS.items():
             if d["metrics"].get(key) == default:
                 d["metrics"].pop(key)
+        for key, default in LATER_SWEEP_FIELDS.items():
+            if d.get(key) == default:
+                d.pop(key)
         return config_hash(d)
 
     def cells(self) -> Iterator[RunCell]:
         """The grid: models x methods x batch sizes x n_edits x datasets x seeds x overrides."""
-        for key, default in LATER_SWEEP_FIELDS.items():
-            if d.get(key) == default:
-                d.pop(key)
         for m, method, bs, n, ds, seed, (oi, over) in itertools.product(
             self.models, self.methods, self.batch_sizes, self.n_edits, self.datasets, self.seeds,
             enumerate(self.hparams_overrides),
         ):
             yield RunCell(model=m, method=method, batch_size=bs, n_edits=n, dataset=ds, seed=seed,
-                          overrides=dict(over), override_index=oi, eval_every=self.eval_every)
+                          overrides=dict(over), override_index=oi, eval_every=self.eval_every,
+                          zsre_answer_tokens=self.metrics.zsre_answer_tokens)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class RunCell:
     overrides: dict[str, Any]
     override_index: int
     eval_every: int
+    zsre_answer_tokens: str = "clean"  # MetricConfig.zsre_answer_tokens (in config() only when not "clean")
 
     def hparams(self) -> EditHparams:
         """The model's preset + the method's published defaults on it + this cell's overrides."""
@@ -222,7 +225,7 @@ class RunCell:
             "method": self.method, "batch_size": self.batch_size,
             "n_edits": self.n_edits, "dataset": self.dataset, "seed": self.seed,
             "hparams": self.hparams().to_dict(), "eval_every": self.eval_every,
-        }
+        } | ({"zsre_answer_tokens": self.zsre_answer_tokens} if self.zsre_answer_tokens != "clean" else {})
 
     def run_id(self, sweep_id: str) -> str:
         over = f"-h{self.override_index}" if self.overrides else ""
@@ -301,15 +304,15 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> SweepConfig:
         names = [m.name for m in cfg.models]
         if len(set(names)) != len(names):
             problems.append(f"models: names must be unique, got {names}")
-    if problems:
-        raise SweepConfigError(source, problems)
-    return cfg
-
         too_big = sorted({(b, n) for b in cfg.batch_sizes for n in cfg.n_edits if b > n})
         if too_big:
             problems.append("batch_sizes: " + ", ".join(f"{b} > n_edits {n}" for b, n in too_big)
                             + "; a batch cannot be larger than its cell's n_edits (it would run one batch of "
                             "n_edits stored under the larger batch size). Lower batch_sizes or raise n_edits.")
+    if problems:
+        raise SweepConfigError(source, problems)
+    return cfg
+
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     path = Path(path)

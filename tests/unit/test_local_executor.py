@@ -218,6 +218,9 @@ def test_new_metric_fields_keep_existing_sweep_ids(tmp_path: Path) -> None:
     base = _config(tmp_path)
     same = _config(tmp_path, "metrics.zsre_answer_tokens=clean", "metrics.drift_prompts=0")
     assert same.hash == base.hash
-    assert _config(tmp_path, "metrics.zsre_answer_tokens=reference").hash != base.hash
+    ref = _config(tmp_path, "metrics.zsre_answer_tokens=reference")
+    assert ref.hash != base.hash
+    assert next(ref.cells()).config()["zsre_answer_tokens"] == "reference"  # runs.config names the mode
+    assert "zsre_answer_tokens" not in next(base.cells()).config()  # and the clean default changes no run id
     with pytest.raises(Exception, match="zsre_answer_tokens"):
         _config(tmp_path, "metrics.zsre_answer_tokens=bos")
