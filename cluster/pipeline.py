@@ -31,6 +31,7 @@ in-process twin (:class:`LocalExecutor`, for unit tests), on the same code path.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,10 @@ RESTART_WAIT_S = 600.0  # how long a restarting editor actor may take to come ba
 
 class ResourceError(RuntimeError):
     """The config asks for resources the Ray cluster does not have."""
+
+
+class Interrupted(Exception):
+    """The driver was asked to stop (SIGINT/SIGTERM): the cell stops at a batch boundary, resumable."""
 
 
 def require_gpus(num_gpus: float, what: str, executor: Executor) -> None:
@@ -109,6 +114,7 @@ class ModelRun:
     store: ArtifactStore
     ex: Executor
     on_progress: Callable[[ProgressEvent], None]
+    stop: threading.Event | None = None  # set by the driver's signal handler: stop at the next batch boundary
     eval_task: Callable[..., Any] | None = None
     editor: Any = None
     editors_started: int = 0
@@ -121,6 +127,11 @@ class ModelRun:
 
     def get(self, ref: Any) -> Any:
         return self.ex.get(ref, timeout=GET_TIMEOUT_S)
+
+    def check_stop(self, where: str) -> None:
+        """Raise :class:`Interrupted` when the driver was asked to stop."""
+        if self.stop is not None and self.stop.is_set():
+            raise Interrupted(where)
 
     def statistics(self, cell: RunCell, keys: dict[int, KeyStatsKey], options: dict[str, Any], num_gpus: float
                    ) -> tuple[StatsHandle, bool]:
@@ -253,6 +264,7 @@ class CellRun:
             restarts = 0
             deadline = time.monotonic() + RESTART_WAIT_S
             while True:
+                mr.check_stop("before its first batch")
                 editor = mr.editor_for(stats, projector_id)
                 try:
                     self.attempt(editor)
@@ -277,6 +289,11 @@ class CellRun:
             mr.get(self.writes)
             mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.FINISHED))
             return names.RunStatus.FINISHED
+        except Interrupted as exc:  # stopped at a batch boundary: keep what is done, resumable
+            logger.warning("%s interrupted %s after %d confirmed edits", self.run_id, exc, self.last_ok)
+            self.keep_finished(only_ready=True)
+            mr.get(ex.call(mr.writer, "set_status", self.run_id, names.RunStatus.INTERRUPTED))
+            return names.RunStatus.INTERRUPTED
         except Exception as exc:  # one cell failing must not stop the others: record it in `runs`
             cause = _cause(exc)
             message = describe_failure(cause, f"in {self.run_id}")[:4000]
@@ -323,6 +340,8 @@ class CellRun:
             self.write_report(step, report)
             mr.on_progress(BatchEdited(self.run_id, report["edits_done"], cell.n_edits))
             self.collect(upto=self.last_ok, strict=True, only_ready=True)  # rows land while the cell runs
+            if end < cell.n_edits:
+                mr.check_stop(f"at {end} edits")  # the batches queued after this one are dropped with the actor
         self.collect(upto=cell.n_edits, strict=True)
 
     def write_report(self, step: int, report: dict[str, Any]) -> None:
@@ -375,10 +394,11 @@ class CellRun:
             self.written.add(p)
             self.mr.on_progress(PointEvaluated(self.run_id, p))
 
-    def keep_finished(self) -> None:
-        """After a failure: write what finished (evaluations up to the last confirmed batch), drop the rest."""
+    def keep_finished(self, only_ready: bool = False) -> None:
+        """After a failure: write what finished (evaluations up to the last confirmed batch), drop the rest
+        (``only_ready``: do not wait for evaluations still running; they are redone on resume)."""
         try:
-            self.collect(upto=self.last_ok, strict=False)
+            self.collect(upto=self.last_ok, strict=False, only_ready=only_ready)
         finally:
             self.evals.clear()
             try:
@@ -389,19 +409,26 @@ class CellRun:
 
 def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
               store: ArtifactStore, on_progress: Callable[[ProgressEvent], None] = lambda event: None, *,
-              executor: Executor, resume: Collection[str] = ()) -> dict[str, str]:
+              executor: Executor, resume: Collection[str] = (), stop: threading.Event | None = None
+              ) -> dict[str, str]:
     """Run all cells of one model on one editor actor; return {run_id: final status}.
 
-    ``resume``: run ids to continue from their checkpoints and rows (registered as RESUME).
+    ``resume``: run ids to continue from their checkpoints and rows (registered as RESUME). ``stop``:
+    once set, the running cell stops at its next batch boundary and it and the cells not begun are
+    marked ``interrupted`` (their editor actor is killed; ``--resume`` continues them).
     """
     ex = executor
     require_gpus(model.num_gpus, f"editor for {model.name}", ex)
-    mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress)
+    mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress, stop)
     mr.eval_task = ex.task(evaluate_checkpoint, **placement.eval_options(cfg, model), max_retries=2)
     statuses: dict[str, str] = {}
     try:
         for cell in cells:
             run = CellRun(mr, cell, resume=cell.run_id(sweep_id) in resume)
+            if stop is not None and stop.is_set():  # not begun: interrupted as well (resumable)
+                mr.get(ex.call(writer, "set_status", run.run_id, names.RunStatus.INTERRUPTED))
+                statuses[run.run_id] = names.RunStatus.INTERRUPTED
+                continue
             statuses[run.run_id] = run.run()
     finally:
         if mr.editor is not None:  # free its resources (and its name) now, not when the handle is collected
@@ -423,13 +450,13 @@ def register_cells(cfg: SweepConfig, sweep_id: str, writer: Any, git_sha: str | 
 
 def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore, git_sha: str | None,
               on_existing: str = "resume", *, executor: Executor,
-              on_progress: Callable[[ProgressEvent], None] = lambda event: None, parallel: bool = True
-              ) -> dict[str, str]:
+              on_progress: Callable[[ProgressEvent], None] = lambda event: None, parallel: bool = True,
+              stop: threading.Event | None = None) -> dict[str, str]:
     """Register the sweep's cells and run the unfinished ones; return {run_id: status} of those run.
 
     ``executor``: where the work runs (:class:`RayExecutor`, or :class:`LocalExecutor` in-process),
     always given by the caller. Models run in parallel threads (one editor actor each) when
-    ``parallel``; the in-process executor runs them one after the other.
+    ``parallel``; the in-process executor runs them one after the other. ``stop``: see :func:`run_model`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -445,13 +472,13 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
     if not parallel or len(by_model) <= 1:
         for cells in by_model.values():
             statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, executor=ex,
-                                      resume=resume))
+                                      resume=resume, stop=stop))
         return statuses
     for cells in by_model.values():  # transformers' lazy imports are not thread-safe: the first ones here
         cells[0].model.hf_config()
     with ThreadPoolExecutor(max_workers=len(by_model)) as pool:
         futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress,
-                               executor=ex, resume=resume) for cells in by_model.values()]
+                               executor=ex, resume=resume, stop=stop) for cells in by_model.values()]
         for f in futures:
             statuses.update(f.result())
     return statuses

@@ -13,8 +13,10 @@ so give absolute paths on shared storage there.
 
 Resume: `--resume SWEEP_ID` (with the same --config/--set as the first run) continues that sweep:
 finished cells are skipped; unfinished ones continue from their newest editor checkpoint, and
-evaluations already in the database are not redone. Exit codes: 0 all cells finished, 1 some
-cell failed (see `runs.error`), 2 bad config / resources / nothing to resume.
+evaluations already in the database are not redone. SIGINT/SIGTERM stop every cell at its next
+batch boundary (status `interrupted`), stop the local Ray and print the `--resume` command. Exit
+codes: 0 all cells finished, 1 some cell failed (see `runs.error`), 2 bad config / resources /
+nothing to resume, 130/143 stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="SWEEP_ID", default=None,
                    help="continue the sweep SWEEP_ID (same --config/--set as its first run): skip finished "
                         "cells, batches and evaluations")
+    p.add_argument("--allow-new-cells", action="store_true",
+                   help="with --resume: accept a config whose grid has cells the sweep does not have yet (they "
+                        "are added to it); without it such a config is refused")
     return p.parse_args(argv)
 
 
@@ -108,9 +116,11 @@ def checked_config(args: argparse.Namespace) -> SweepConfig | None:
 
 
 @contextmanager
-def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None) -> Iterator[tuple[str, Any, Any]]:
+def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None,
+                notices: list[str] | None = None) -> Iterator[tuple[str, Any, Any]]:
     """(results path, writer actor, artifact store) on a started or joined Ray; on exit the writer is
-    closed and Ray shut down. The results file's folder is created when it is local."""
+    closed and Ray shut down, then the lines put in ``notices`` meanwhile go to stderr (last). The
+    results file's folder is created when it is local."""
     import ray
 
     from cluster.executor import RayExecutor
@@ -135,6 +145,88 @@ def ray_outputs(cfg: SweepConfig, address: str | None, num_cpus: int | None) -> 
         finally:
             live.unpublish(results)
             ray.shutdown()
+            for line in notices or ():
+                print(line, file=sys.stderr)
+
+
+class StopRequest(threading.Event):
+    """Set by SIGINT/SIGTERM; ``signum`` says which. The sweep's cells stop at their next batch boundary."""
+
+    signum = 0
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM set the yielded event instead of killing the driver (a second SIGINT stops at
+    once, with KeyboardInterrupt); the previous handlers are restored on exit."""
+    stop = StopRequest()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        stop.set()
+        log.warning("%s: stopping every cell at its next batch boundary (runs marked interrupted; resumable); "
+                    "Ctrl-C again stops at once", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resume_command(argv: list[str] | None, sweep_id: str) -> str:
+    """The command line that continues this sweep: the same arguments, ``--resume SWEEP_ID``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            kept.append(a)
+    return shlex.join(["python", "-m", "jobs.sweep", *kept, "--resume", sweep_id])
+
+
+def resume_problem(cfg: SweepConfig, sweep_id: str, allow_new_cells: bool = False) -> str | None:
+    """Why ``--resume sweep_id`` cannot continue with ``cfg`` (None: it can), checked on the results
+    file before Ray starts: the file must exist and hold the sweep, and the config's cells must be the
+    sweep's (same run ids, same cell configs; new cells only with ``allow_new_cells``)."""
+    results = resolve(cfg.results)
+    if "://" in results:
+        return None  # checked through the writer once Ray is up
+    if not Path(results).is_file():
+        return (f"--resume {sweep_id}: the results file {results} does not exist; pass the same --config and --set "
+                "as the sweep's first run (they name its results file)")
+    import duckdb
+
+    from storage.hashing import config_hash
+
+    con = duckdb.connect(results, read_only=True)
+    try:
+        stored = dict(con.execute("SELECT run_id, config_hash FROM runs WHERE sweep_id = ?", [sweep_id]).fetchall())
+    finally:
+        con.close()
+    if not stored:
+        return (f"--resume {sweep_id}: no runs of that sweep in {results}; pass the same --config and --set as its "
+                "first run (they name the results file)")
+    cells = {c.run_id(sweep_id): config_hash(c.config()) for c in cfg.cells()}
+    new = sorted(set(cells) - set(stored))
+    changed = sorted(r for r in set(cells) & set(stored) if cells[r] != stored[r])
+    missing = sorted(set(stored) - set(cells))
+    if not changed and (allow_new_cells or not new) and not missing:
+        return None
+    parts = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in ((new, "new cell(s)"), (changed, "changed cell(s)"),
+                                                            (missing, "cell(s) of the sweep not in this config"))
+             if x]
+    fix = "rerun with the --config and --set of its first run"
+    if new and not changed and not missing:
+        fix += ", or add --allow-new-cells to add the new cells to the sweep"
+    return f"--resume {sweep_id}: this config differs from the sweep's ({'; '.join(parts)}); {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --resume continues a sweep; it cannot be combined with --rerun replace", file=sys.stderr)
         return 2
     sweep_id = args.resume or cfg.sweep_id or f"sweep-{cfg.hash[:10]}"
+    if args.allow_new_cells and not args.resume:
+        print("error: --allow-new-cells only goes with --resume SWEEP_ID", file=sys.stderr)
+        return 2
+    if args.resume:
+        problem = resume_problem(cfg, sweep_id, args.allow_new_cells)  # before Ray starts; creates no file
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     log.info("resolved config (hash %s, sweep %s):\n%s", cfg.hash, sweep_id, json.dumps(cfg.to_dict(), indent=1))
 
     import ray
@@ -158,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ex = RayExecutor()
     exit_code = 0
-    with ray_outputs(cfg, args.address, args.num_cpus) as (results, writer, store):
+    notices: list[str] = []
+    with ray_outputs(cfg, args.address, args.num_cpus, notices) as (results, writer, store):
         t0 = time.time()
         try:
             if args.resume:
@@ -177,9 +278,15 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(1)
                 bar.set_postfix_str(str(event)[-60:], refresh=False)
 
-            statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
-                                 on_progress=progress)
+            with stop_on_signals() as stop:
+                statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
+                                     on_progress=progress, stop=stop)
             bar.close()
+            if stop.is_set():
+                stopped = sum(s == "interrupted" for s in statuses.values())
+                notices.append(f"interrupted by {signal.Signals(stop.signum).name}: {stopped} cell(s) stopped at a "
+                               f"batch boundary and marked interrupted; resume with: {resume_command(argv, sweep_id)}")
+                return 128 + stop.signum
             log.info("%d run cells, %d to run (%d finished earlier)", len(cells), len(statuses),
                      len(cells) - len(statuses))
             summary = ray.get(writer.canned.remote("method_comparison", sweep_id=sweep_id), timeout=GET_TIMEOUT_S)

@@ -57,12 +57,14 @@ class CheckStatus(StrEnum):
 
 
 class RunStatus(StrEnum):
-    """Life cycle of a row in ``runs``: pending -> running -> finished | failed."""
+    """Life cycle of a row in ``runs``: pending -> running -> finished | failed | interrupted
+    (stopped by SIGINT/SIGTERM at a batch boundary; ``--resume`` continues it like any unfinished run)."""
 
     PENDING = "pending"
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 # --- edited datasets (runs.dataset, metrics.dataset) ----------------------------------------

@@ -73,7 +73,7 @@ TABLES: dict[str, TableSpec] = {
             Column("config", "JSON", "The resolved config of the run cell, as JSON."),
             Column("config_hash", "VARCHAR", "sha256 hex of the canonical JSON of config (storage.hashing.config_hash)."),
             Column("git_sha", "VARCHAR", "Git commit of the code that registered the run; NULL if unknown.", nullable=True),
-            Column("status", "VARCHAR", "pending | running | finished | failed (storage.names.RunStatus)."),
+            Column("status", "VARCHAR", "pending | running | finished | failed | interrupted (storage.names.RunStatus)."),
             Column("error", "VARCHAR", "Why the run failed (status = failed); NULL otherwise.", nullable=True),
             Column("attempts", "INTEGER", "How many times the run was registered: 1, plus one per resume or replace."),
             Column("created_at", "TIMESTAMP", "UTC time the run was first registered (reset by a replace)."),
@@ -310,9 +310,38 @@ _V2 = (
     )""",
 )
 
+#: ``interrupted`` (a sweep stopped by SIGINT/SIGTERM at a batch boundary; resumable) joins the run statuses.
+#: DuckDB cannot alter a CHECK constraint, so ``runs`` is rebuilt with the same columns and rows.
+_V3 = (
+    """CREATE TABLE runs_v3 (
+        run_id VARCHAR PRIMARY KEY,
+        sweep_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        batch_size INTEGER NOT NULL,
+        n_edits INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        config JSON NOT NULL,
+        config_hash VARCHAR NOT NULL,
+        git_sha VARCHAR,
+        status VARCHAR NOT NULL CHECK (status IN ('pending', 'running', 'finished', 'failed', 'interrupted')),
+        error VARCHAR,
+        attempts INTEGER NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        started_at TIMESTAMP,
+        finished_at TIMESTAMP,
+        updated_at TIMESTAMP NOT NULL
+    )""",
+    "INSERT INTO runs_v3 SELECT * FROM runs",
+    "DROP TABLE runs",
+    "ALTER TABLE runs_v3 RENAME TO runs",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: runs, metrics, probes, timings, artifacts", _V1),
     Migration(2, "nightly regression runs: sweep_tags, nightly_verdicts, nightly_checks", _V2),
+    Migration(3, "runs.status may be 'interrupted' (stopped by a signal at a batch boundary; resumable)", _V3),
 )
 
 #: The schema version this code writes and expects.

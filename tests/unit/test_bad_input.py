@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,16 +26,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
        "RAY_AUTH_MODE": "disabled"}
 
 
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING) [\w.]+: ")
+
+
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], rc: int = 2, logged: bool = False) -> str:
     """The one stderr line of a failed CLI (``rc``), checked to be one line without a traceback
-    (``logged``: log records, ``<time> WARNING <logger>: ...``, may come before it)."""
+    (``logged``: log records, ``<time> INFO|WARNING <logger>: ...``, may come before it)."""
     assert out.returncode == rc, (out.returncode, out.stderr[-3000:])
     lines = [line for line in out.stderr.splitlines() if line.strip()
-             and not (logged and " WARNING " in line[:40])]
+             and not (logged and LOG_RECORD.match(line))]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert len(lines) == 1, out.stderr[-3000:]
     return lines[0]
@@ -206,6 +210,54 @@ def test_sweep_lists_every_bad_record_and_output_problem_at_once(tmp_path: Path)
               "--set", "artifact_root=/proc/art", "--on-bad-record", "skip")
     assert "artifact_root: cannot write in /proc" in one_line_error(out, logged=True)  # the records are skipped now
     assert "3 malformed record(s) skipped among the first 23" in out.stderr
+
+
+# --- --resume (issue 18c): refused before Ray starts, creating nothing ----------------------------
+
+def _registered(tmp: Path, *sets: str) -> list[str]:
+    """A results file with the cells of the toy config + ``sets`` registered as sweep ``s1`` (real writer)."""
+    from cluster.executor import LocalExecutor
+    from cluster.pipeline import register_cells, start_writer
+
+    base = [f"results={tmp / 'r.duckdb'}", f"artifact_root={tmp / 'art'}", "n_edits=[20]", "batch_sizes=[10]", *sets]
+    ex = LocalExecutor()
+    writer = start_writer(str(tmp / "r.duckdb"), ex)
+    try:
+        register_cells(load_config(TOY_CONFIG_PATH, base), "s1", writer, None, executor=ex)
+    finally:
+        ex.get(ex.call(writer, "close"))
+    return base
+
+
+def test_resume_against_a_missing_results_file_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "gone" / "r.duckdb"
+    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", f"results={db}", "--resume", "sweep-x")
+    line = one_line_error(out, logged=True)
+    assert line == (f"error: --resume sweep-x: the results file {db} does not exist; pass the same --config and "
+                    "--set as the sweep's first run (they name its results file)"), line
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path: Path) -> None:
+    from jobs.sweep import resume_problem
+
+    base = _registered(tmp_path)
+    sets = [a for s in base for a in ("--set", s)]
+    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), *sets, "--set", "seeds=[0, 1]", "--resume", "s1")
+    line = one_line_error(out, logged=True)
+    assert "this config differs from the sweep's (2 new cell(s) (e.g. s1:toy-gpt2:alphaedit" in line, line
+    assert line.endswith("or add --allow-new-cells to add the new cells to the sweep"), line
+    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), *sets, "--set", "eval_every=10", "--resume", "s1")
+    line = one_line_error(out, logged=True)
+    assert "2 changed cell(s)" in line and "--allow-new-cells" not in line, line
+    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), *sets, "--resume", "s2")
+    assert "no runs of that sweep" in one_line_error(out, logged=True)
+
+    assert resume_problem(load_config(TOY_CONFIG_PATH, base), "s1") is None  # the same cells: resumable
+    more = load_config(TOY_CONFIG_PATH, [*base, "seeds=[0, 1]"])
+    assert resume_problem(more, "s1", allow_new_cells=True) is None
+    fewer = load_config(TOY_CONFIG_PATH, [*base, "methods=[memit]"])
+    assert "1 cell(s) of the sweep not in this config" in resume_problem(fewer, "s1", allow_new_cells=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
