@@ -38,6 +38,7 @@ def write_report(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
         plots.probe_plots(data.probes, data.runs),
         plots.timing_plot(data.timings),
         preface_html,
+        tradeoff_plot=plots.tradeoff_plot(data.curves, data.runs),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,11 +35,20 @@ td.missing, span.missing { background: repeating-linear-gradient(45deg, #f6f6f6,
 td.pending { background: #fff8e1; color: #8a5a00; font-style: italic; text-align: center; }
 tr.paper td { color: #555; font-style: italic; background: #fafafa; }
 tr.unedited td { background: #f3f7ff; }
-td.error { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; min-width: 240px; max-width: 520px; color: #b00020; }
+td.error { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; overflow-wrap: anywhere;
+  color: #b00020; }
+table.runs { width: 100%; } table.runs td.run-id { font-family: ui-monospace, monospace; font-size: 11px;
+  overflow-wrap: anywhere; max-width: 360px; }
+tr.run-error th.error-label { background: #fde7ea; color: #b00020; text-align: right; font-weight: 600; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 td.time { white-space: nowrap; }
 .status-finished { color: #1b5e20; } .status-running, .status-pending { color: #8a5a00; }
 .status-failed { color: #b00020; font-weight: 700; }
-figure { margin: 12px 0 24px; } figure img { max-width: 100%; border: 1px solid #eee; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); gap: 16px;
+  align-items: start; }
+.plots figure.wide { grid-column: 1 / -1; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figure.wide img { width: auto; max-width: 100%; }
 figcaption { font-size: 13px; color: #555; }
 .note { font-size: 12px; color: #666; }
 .attention { border-left: 4px solid #b00020; background: #fff5f6; padding: 6px 12px; }
@@ -65,15 +74,26 @@ def _e(value: Any) -> str:
     return escape("" if value is None else str(value))
 
 
+#: A figure at least this wide (pixels: three panels or more) takes a whole row of the plot grid; narrower ones
+#: share rows, scaled to their column.
+_WIDE_PX = 1100
+
+
+def _png_width(png: bytes) -> int:
+    """Width in pixels from a PNG's IHDR chunk (0 when ``png`` is not a PNG)."""
+    return int.from_bytes(png[16:20], "big") if png[:8] == b"\x89PNG\r\n\x1a\n" else 0
+
+
 def _img(plot: Plot) -> str:
+    """A figure of the plot grid; its title is inside the image, so a caption only names missing data."""
     b64 = base64.b64encode(plot.png).decode("ascii")
-    missing = ""
+    caption = ""
     if plot.missing:
         items = ", ".join(_e(m) for m in plot.missing)
-        missing = f' <span class="missing">missing data: {items}</span>'
-    return (f'<figure class="plot" id="plot-{_e(plot.plot_id)}" data-plot="{_e(plot.plot_id)}">'
-            f'<img alt="{_e(plot.title)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{_e(plot.title)}{missing}</figcaption></figure>")
+        caption = f'<figcaption><span class="missing">missing data: {items}</span></figcaption>'
+    cls = "plot wide" if _png_width(plot.png) >= _WIDE_PX else "plot"
+    return (f'<figure class="{cls}" id="plot-{_e(plot.plot_id)}" data-plot="{_e(plot.plot_id)}">'
+            f'<img alt="{_e(plot.title)}" src="data:image/png;base64,{b64}">{caption}</figure>')
 
 
 def _table1_html(table: DatasetTable) -> str:
@@ -120,8 +140,10 @@ def _frame_table(frame: pl.DataFrame, css_class: str, columns: Sequence[str]) ->
 
 
 def _runs_html(runs: pl.DataFrame) -> str:
+    """One row per run; a run's ``error`` goes in full, wrapped, on a row of its own below it
+    (spanning the table), so no error is cut by the width of a column."""
     cols = ("run_id", "model", "method", "dataset", "batch_size", "n_edits", "seed", "status", "attempts",
-            "last_edits_done", "started_at", "finished_at", "error")
+            "last_edits_done", "started_at", "finished_at")
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     rows = []
     for r in runs.to_dicts():
@@ -129,10 +151,10 @@ def _runs_html(runs: pl.DataFrame) -> str:
         tds = []
         for c in cols:
             v = r[c]
-            if c == "status":
+            if c == "run_id":
+                tds.append(f'<td class="run-id">{_e(v)}</td>')
+            elif c == "status":
                 tds.append(f'<td class="status status-{_e(status)}">{_e(status)}</td>')
-            elif c == "error":
-                tds.append(f'<td class="error">{_e(v)}</td>' if v else "<td></td>")
             elif c == "last_edits_done" and v is None:
                 tds.append('<td class="missing">none</td>')
             elif isinstance(v, int):
@@ -142,7 +164,11 @@ def _runs_html(runs: pl.DataFrame) -> str:
             else:
                 tds.append(f"<td>{_e(v)}</td>")
         rows.append(f'<tr class="run-{_e(status)}" data-run-id="{_e(r["run_id"])}">{"".join(tds)}</tr>')
-    return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        if r.get("error"):
+            rows.append(f'<tr class="run-error run-{_e(status)}" data-error-of="{_e(r["run_id"])}">'
+                        f'<th class="error-label">error</th><td class="error" colspan="{len(cols) - 1}">{_e(r["error"])}</td></tr>')
+    return (f'<div class="table-wrap"><table class="runs"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _attention_html(runs: pl.DataFrame) -> str:
@@ -156,11 +182,14 @@ def _attention_html(runs: pl.DataFrame) -> str:
 
 
 def _plots_html(plots: Sequence[Plot], empty: str) -> str:
-    return "".join(_img(p) for p in plots) if plots else f'<p class="missing-section"><span class="missing">{_e(empty)}</span></p>'
+    if not plots:
+        return f'<p class="missing-section"><span class="missing">{_e(empty)}</span></p>'
+    return '<div class="plots">' + "".join(_img(p) for p in plots) + "</div>"
 
 
 def render_html(data: ReportData, tables: Sequence[DatasetTable], metric_plots: Sequence[Plot],
-                probe_plots: Sequence[Plot], timing_plot: Plot | None, preface_html: str | None = None) -> str:
+                probe_plots: Sequence[Plot], timing_plot: Plot | None, preface_html: str | None = None,
+                tradeoff_plot: Plot | None = None) -> str:
     """The whole report page. ``preface_html`` is inserted verbatim at the top (trusted HTML)."""
     counts = data.runs.group_by("status").len().sort("status").rows()
     status_line = ", ".join(f'<span class="status-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts) or "no runs"
@@ -168,7 +197,7 @@ def render_html(data: ReportData, tables: Sequence[DatasetTable], metric_plots: 
     tables_html = "".join(_table1_html(t) for t in tables) or '<p><span class="missing">no runs</span></p>'
     timing_cols = ("model", "method", "batch_size", "stage", "n_runs", "n_calls", "total_seconds",
                    "seconds_per_run", "items", "seconds_per_item", "part_of", "bytes")
-    timings_html = (_img(timing_plot) + _frame_table(data.timings, "timings", timing_cols)) if timing_plot else \
+    timings_html = (_plots_html([timing_plot], "") + _frame_table(data.timings, "timings", timing_cols)) if timing_plot else \
         '<p><span class="missing">no timings recorded</span></p>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -188,6 +217,8 @@ without a number says why (failed, pending, missing); absent values are never sh
 {tables_html}
 <h2 id="metrics">Rewrite metrics vs. edits done</h2>
 {_plots_html(metric_plots, "no rewrite metrics recorded")}
+<h2 id="tradeoff">Efficacy vs. specificity: the trade-off over edits, per method</h2>
+{_plots_html([tradeoff_plot] if tradeoff_plot else [], "no evaluation point with both efficacy and specificity")}
 <h2 id="probes">General-capability probes vs. edits done (relative to the unedited model)</h2>
 {_plots_html(probe_plots, "no probes recorded")}
 <h2 id="timings">Time per stage</h2>

@@ -59,6 +59,17 @@ def _grid(n: int, title: str) -> tuple[Figure, list]:
     return fig, axes[:n]
 
 
+def _figure_legend(fig: Figure, axes: Sequence) -> None:
+    """One legend for the whole figure, below its panels (never over a curve or a bar); each
+    label once, in the order the lines were drawn."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=8, ncols=min(len(seen), 4), loc="outside lower center")
+
+
 def _mark_missing(ax, why: str) -> None:
     ax.text(0.5, 0.5, f"missing\n{why}", ha="center", va="center", color=_MISSING_COLOR,
             fontsize=11, fontweight="bold", transform=ax.transAxes)
@@ -73,6 +84,13 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     """A fixed colour per method (same in every figure), from matplotlib's tab10 cycle."""
     palette = [f"C{i}" for i in range(10)]
     return {m: palette[i % len(palette)] for i, m in enumerate(sorted(set(methods)))}
+
+
+def batch_styles(batch_sizes: Iterable[int]) -> dict[int, str]:
+    """A fixed line style per batch size (solid, dashed, dotted, ...), so that two batch sizes of
+    one method (one colour) stay apart."""
+    styles = ["-", "--", ":", "-."]
+    return {b: styles[i % len(styles)] for i, b in enumerate(sorted(set(batch_sizes)))}
 
 
 def _line_label(method: str, batch_size: int) -> str:
@@ -97,6 +115,7 @@ def metric_plots(curves: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
     """One figure per rewrite metric: value vs. edits done, a line per (method, batch size),
     one panel per (model, dataset); a band shows the std over runs where there are several."""
     colors = method_colors(runs["method"].to_list() + curves["method"].to_list())
+    styles = batch_styles(runs["batch_size"].to_list() + curves["batch_size"].to_list())
     pairs = sorted({(r["model"], r["dataset"]) for r in runs.select("model", "dataset").to_dicts()}
                    | {(r["model"], r["dataset"]) for r in curves.select("model", "dataset").to_dicts()})
     wanted = {m for _, ds in pairs for m in _EXPECTED_METRICS.get(ds, ())} | set(curves["metric"].to_list())
@@ -121,14 +140,14 @@ def metric_plots(curves: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
                 continue
             for (method, bs), line in sel.sort("edits_done").group_by(["method", "batch_size"], maintain_order=True):
                 x, y = line["edits_done"].to_numpy(), line["value"].to_numpy()
-                ax.plot(x, y, marker="o", ms=3, color=colors[method], label=_line_label(method, bs))
+                ax.plot(x, y, marker="o", ms=3, color=colors[method], ls=styles[bs], label=_line_label(method, bs))
                 std = line["std"].fill_null(0.0).to_numpy()
                 if std.any():
                     ax.fill_between(x, y - std, y + std, color=colors[method], alpha=0.15, linewidth=0)
             ax.set_xlabel("edits done")
             ax.set_ylabel(header or metric)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        _figure_legend(fig, axes)
         plots.append(Plot(f"metric-{metric}", title, _png(fig), tuple(missing)))
     return plots
 
@@ -137,6 +156,7 @@ def probe_plots(probes: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
     """One figure per (probe task, metric): value minus the unedited model's value vs. edits done,
     a line per (method, batch size), one panel per model."""
     colors = method_colors(runs["method"].to_list() + probes["method"].to_list())
+    styles = batch_styles(runs["batch_size"].to_list() + probes["batch_size"].to_list())
     models = sorted(set(runs["model"].to_list()) | set(probes["model"].to_list()))
     plots = []
     for (task, metric), sel in probes.sort("task", "metric").group_by(["task", "metric"], maintain_order=True):
@@ -155,15 +175,56 @@ def probe_plots(probes: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
                 continue
             for (method, bs), line in m_sel.sort("edits_done").group_by(["method", "batch_size"], maintain_order=True):
                 ax.plot(line["edits_done"].to_numpy(), line["delta"].to_numpy(), marker="o", ms=3,
-                        color=colors[method], label=_line_label(method, bs))
+                        color=colors[method], ls=styles[bs], label=_line_label(method, bs))
             base = m_sel["baseline"].drop_nulls()[0]
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
             ax.set_xlabel("edits done")
             ax.set_ylabel(f"Δ {metric} (unedited = {base:.3g})")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        _figure_legend(fig, axes)
         plots.append(Plot(f"probe-{task}-{metric}", f"{task} / {metric}", _png(fig), tuple(missing)))
     return plots
+
+
+def tradeoff_points(curves: pl.DataFrame, x_metric: str = names.METRIC_SPECIFICITY,
+                    y_metric: str = names.METRIC_EFFICACY) -> pl.DataFrame:
+    """One row per evaluation point (model, dataset, method, batch_size, edits_done) with both
+    ``x_metric`` and ``y_metric`` (mean over runs), as columns ``x`` and ``y``, in edits order."""
+    keys = ["model", "dataset", "method", "batch_size", "edits_done"]
+    both = (curves.filter(pl.col("metric").is_in([x_metric, y_metric]))
+            .pivot(on="metric", index=keys, values="value", aggregate_function="mean"))
+    if x_metric not in both.columns or y_metric not in both.columns:
+        return pl.DataFrame(schema={**{k: curves.schema[k] for k in keys}, "x": pl.Float64, "y": pl.Float64})
+    return (both.rename({x_metric: "x", y_metric: "y"}).select(*keys, "x", "y")
+            .drop_nulls(["x", "y"]).sort(keys))
+
+
+def tradeoff_plot(curves: pl.DataFrame, runs: pl.DataFrame) -> Plot | None:
+    """Efficacy vs. specificity, one panel per (model, dataset): per method (and batch size) one
+    point per evaluation point, joined in edits order and labelled with its edits done, so the
+    path shows what each method trades as edits accumulate. None when no point has both."""
+    points = tradeoff_points(curves)
+    if points.height == 0:
+        return None
+    colors = method_colors(runs["method"].to_list() + points["method"].to_list())
+    styles = batch_styles(runs["batch_size"].to_list() + points["batch_size"].to_list())
+    panels = sorted({(r["model"], r["dataset"]) for r in points.select("model", "dataset").to_dicts()})
+    fig, axes = _grid(len(panels), "Efficacy vs. specificity over edits (one point per evaluation point)")
+    for ax, (model, dataset) in zip(axes, panels, strict=True):
+        sel = points.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
+        for (method, bs), line in sel.group_by(["method", "batch_size"], maintain_order=True):
+            x, y, e = line["x"].to_list(), line["y"].to_list(), line["edits_done"].to_list()
+            ax.plot(x, y, marker="o", ms=4, lw=1, color=colors[method], ls=styles[bs], label=_line_label(method, bs))
+            ax.plot(x[-1:], y[-1:], marker="*", ms=11, color=colors[method], lw=0)  # the last point
+            for xi, yi, ei in zip(x, y, e, strict=True):
+                ax.annotate(str(ei), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                            color=colors[method])
+        ax.set_title(f"{model} · {dataset}{_failed_note(runs, model, dataset)}", fontsize=9)
+        ax.set_xlabel(f"specificity ({names.TABLE1_HEADERS.get(names.METRIC_SPECIFICITY, 'Spe.')})")
+        ax.set_ylabel(f"efficacy ({names.TABLE1_HEADERS.get(names.METRIC_EFFICACY, 'Eff.')})")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    return Plot("tradeoff", "Efficacy vs. specificity", _png(fig))
 
 
 def _stage_order(stages: Sequence[str]) -> list[str]:

@@ -144,7 +144,7 @@ def test_report_has_expected_plots_and_they_are_inline_pngs(s1_html: str) -> Non
     page = _parse(s1_html)
     assert page.figures == [
         "metric-efficacy", "metric-generalization", "metric-specificity", "metric-fluency", "metric-consistency",
-        "probe-toy_knowledge-acc", "timings",
+        "tradeoff", "probe-toy_knowledge-acc", "timings",
     ]
     assert len(page.images) == len(page.figures)
     for src in page.images:
@@ -282,3 +282,44 @@ def test_time_per_stage_counts_each_second_once_and_checkpoint_items_are_bytes(t
     html = write_report(db, tmp_path / "rep").read_text(encoding="utf-8")
     head = re.search(r'<table class="timings"><thead><tr>(.*?)</tr>', html).group(1)
     assert "<th>part_of</th>" in head and "<th>bytes</th>" in head
+
+
+def test_layout_grid_of_figures_no_repeated_captions_and_full_errors(s1_html: str) -> None:
+    """Figures sit in a grid over the page width (wide ones span a row), the title is in the image
+    only (a caption names missing data, nothing else), and the runs table wraps errors in full."""
+    assert re.search(r"\.plots \{[^}]*display: grid", s1_html)
+    grids = re.findall(r'<div class="plots">(.*?)</div>', s1_html, re.S)
+    assert sum(g.count("<figure") for g in grids) == s1_html.count("<figure") == 8
+    widths = {pid: cls for cls, pid in re.findall(r'<figure class="([^"]+)" id="plot-[^"]+" data-plot="([^"]+)"', s1_html)}
+    assert widths["metric-efficacy"] == "plot wide"  # three panels (gpt2-xl x 2 datasets, toy-gpt2): a whole row
+    assert widths["metric-fluency"] == "plot"
+    for alt, rest in re.findall(r'<img alt="([^"]+)" src="[^"]+">(.*?)</figure>', s1_html, re.S):
+        assert alt not in rest, f"caption repeats the title {alt!r}"
+        assert not rest or rest.startswith('<figcaption><span class="missing">missing data:')
+    row = re.search(r'<tr class="run-error run-failed" data-error-of="toy-failed"><th class="error-label">error</th>'
+                    r'<td class="error" colspan="(\d+)">(.*?)</td></tr>', s1_html, re.S)
+    assert row and row.group(2) == FAILED_ERROR  # in full, on its own row spanning the table
+    runs_head = re.search(r'<table class="runs"><thead><tr>(.*?)</tr>', s1_html).group(1)
+    assert int(row.group(1)) + 1 == runs_head.count("<th>")
+    assert s1_html.count('class="run-error') == 1  # only the failed run has an error row
+    css = re.search(r"td\.error \{([^}]*)\}", s1_html).group(1)
+    assert "pre-wrap" in css and "max-width" not in css and "overflow-wrap: anywhere" in css
+    assert '<div class="table-wrap"><table class="runs">' in s1_html
+
+
+def test_tradeoff_has_one_point_per_evaluation_point(db: Path) -> None:
+    from storage.reader import ResultsReader
+    from storage.report.plots import tradeoff_plot, tradeoff_points
+
+    with ResultsReader(db) as r:
+        curves = r.canned("degradation_curve", sweep_id="s1")
+        runs = r.canned("run_status", sweep_id="s1")
+    pts = tradeoff_points(curves)
+    ae = pts.filter((pts["method"] == "alphaedit") & (pts["dataset"] == CF) & (pts["model"] == "gpt2-xl"))
+    assert ae.select("edits_done", "x", "y").rows() == [(0, 80.0, 20.0), (100, 72.0, 98.0), (200, 70.75, 97.25)]
+    zsre = pts.filter(pts["dataset"] == ZSRE)
+    assert zsre.select("edits_done", "x", "y").rows() == [(0, 24.0, 22.0), (200, 25.5, 93.5)]
+    assert pts.height == 3 + 3 + 2 + 2  # ae-cf, memit-cf, ae-zsre, toy-failed
+    plot = tradeoff_plot(curves, runs)
+    assert plot is not None and plot.plot_id == "tradeoff"
+    assert tradeoff_plot(curves.filter(curves["metric"] != SPE), runs) is None
