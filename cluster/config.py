@@ -246,6 +246,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     parts = key.strip().split(".")
     try:
         parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SweepConfigError("--set", [f"{assignment!r}: the value {value!r} is not valid YAML ({what}); close "
+                                         "its brackets or quotes, e.g. --set 'n_edits=[20, 40]'"]) from None
+    try:
         cur: Any = raw
         for i, part in enumerate(parts[:-1]):
             nxt = parts[i + 1]

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         thresholds = nl.load_thresholds(args.thresholds)
         cfg = load_config(args.config, [*args.overrides, f"sweep_id={sweep_id}"])
     except (nl.ThresholdsError, SweepConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.brief() if isinstance(e, SweepConfigError) else e}", file=sys.stderr)
         return EXIT_ERROR
     results = resolve(cfg.results)
     log.info("nightly %s (tag %s, night %s): results %s, thresholds %s", sweep_id, args.tag, night, results,

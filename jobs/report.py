@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+import duckdb
+
 from storage import names
 from storage.report import write_report
 from storage.report.core import default_out_dir
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ResultsLockedError, SchemaVersionError, UnknownSweepError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 1
+    except duckdb.Error as e:  # not a DuckDB file (or a damaged one): DuckDB's first line names it
+        print(f"report: cannot read {args.db} as a results database: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(f"report written: {index}")
     return 0
 

@@ -157,7 +157,11 @@ def load_thresholds(path: str | Path) -> Thresholds:
     p = Path(path)
     if not p.is_file():
         raise ThresholdsError(f"thresholds file {p} not found; pass --thresholds PATH")
-    return parse_thresholds(yaml.safe_load(p.read_text()) or {}, str(p))
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ThresholdsError(f"thresholds file {p} is not valid YAML: {exc}".replace("\n", " ")) from None
+    return parse_thresholds(raw or {}, str(p))
 
 
 # --- comparison (pure) -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sql is not None and args.param:
         parser.error("--param is for canned queries; write values into the --sql text instead")
     params = _parse_params(args.param) if args.name is not None else None
+    target = args.csv or args.parquet
+    if target is not None and not target.parent.is_dir():  # before the query runs, not after
+        print(f"error: {'--csv' if args.csv else '--parquet'} {target}: the folder {target.parent} does not exist; "
+              "create it or give another path", file=sys.stderr)
+        return 2
     try:
         try:
             with ResultsReader(args.db) as reader:
@@ -98,15 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # duckdb errors: show DuckDB's own message, which names the problem
         print(f"error: query failed: {e}", file=sys.stderr)
         return 1
-    if args.csv:
-        frame.write_csv(args.csv)
-        print(f"wrote {frame.height} row(s) to {args.csv}", file=sys.stderr)
-    elif args.parquet:
-        frame.write_parquet(args.parquet)
-        print(f"wrote {frame.height} row(s) to {args.parquet}", file=sys.stderr)
-    else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
-            print(frame)
+    try:
+        if args.csv:
+            frame.write_csv(args.csv)
+            print(f"wrote {frame.height} row(s) to {args.csv}", file=sys.stderr)
+        elif args.parquet:
+            frame.write_parquet(args.parquet)
+            print(f"wrote {frame.height} row(s) to {args.parquet}", file=sys.stderr)
+        else:
+            with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+                print(frame, flush=True)
+    except BrokenPipeError:  # `... | head` closed the pipe: what it wanted is out; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
+    except OSError as e:
+        print(f"error: cannot write {target}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 

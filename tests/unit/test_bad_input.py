@@ -260,5 +260,62 @@ def test_resume_with_a_changed_config_is_refused(tmp_path: Path) -> None:
     assert "1 cell(s) of the sweep not in this config" in resume_problem(fewer, "s1", allow_new_cells=True)
 
 
+# --- one line, not a traceback (issue 18d) ------------------------------------------------------
+
+@pytest.mark.parametrize("assignment, needle", [
+    ("n_edits=[20", "'n_edits=[20': the value '[20' is not valid YAML (expected ',' or ']', but got '<stream end>')"),
+    ("models.5.num_cpus=1", "'models.5.num_cpus=1': models.5.num_cpus does not name a config key or list item "
+                            "(IndexError"),
+])
+def test_malformed_set_is_one_line(assignment: str, needle: str) -> None:
+    line = one_line_error(cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", assignment))
+    assert line.startswith("error: --set: ") and needle in line, line
+
+
+def test_yaml_syntax_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n  name: x\n")
+    line = one_line_error(cli("jobs.sweep", "--config", str(bad)))
+    assert line.startswith(f"error: {bad}: not valid YAML: "), line
+    line = one_line_error(cli("jobs.nightly", "--config", str(bad)))
+    assert line.startswith(f"error: {bad}: not valid YAML: "), line
+    line = one_line_error(cli("jobs.nightly", "--thresholds", str(bad)))
+    assert line.startswith(f"error: thresholds file {bad} is not valid YAML: "), line
+
+
+def _results_db(tmp: Path) -> Path:
+    from storage.writer import ResultWriter
+
+    db = tmp / "r.duckdb"
+    ResultWriter(db).close()
+    return db
+
+
+def test_query_csv_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    db = _results_db(tmp_path)
+    target = tmp_path / "nope" / "out.csv"
+    line = one_line_error(cli("storage.query", "--db", str(db), "--sql", "SELECT 1 AS x", "--csv", str(target)))
+    assert line == f"error: --csv {target}: the folder {target.parent} does not exist; create it or give another path"
+    assert not target.parent.exists()
+
+
+def test_report_on_a_non_duckdb_file_is_one_line(tmp_path: Path) -> None:
+    text = tmp_path / "notes.duckdb"
+    text.write_text("hello\n")
+    line = one_line_error(cli("jobs.report", "--db", str(text), "--out", str(tmp_path / "rep")), logged=True)
+    assert line.startswith(f"report: cannot read {text} as a results database: ") and "not a valid DuckDB" in line
+    assert text.read_text() == "hello\n"
+
+
+def test_query_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    db = _results_db(tmp_path)
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {PY} -m storage.query --db {db} --sql "
+                          "'SELECT * FROM range(200000)' | head -n 2"],
+                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("shape: (200_000, 1)"), out.stdout
+    assert out.stderr == "", out.stderr[-3000:]
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
