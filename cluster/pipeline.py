@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 GET_TIMEOUT_S = 3600.0
 RESTART_WAIT_S = 600.0  # how long a restarting editor actor may take to come back
+WRITER_NAME_WAIT_S = 30.0  # how long a new writer waits for the name of an ended sweep's writer to be released
 
 
 class ResourceError(RuntimeError):
@@ -500,10 +501,15 @@ def start_writer(path: str, executor: Executor) -> Any:
 
         node = ray.get_runtime_context().get_node_id()
         opts = {"name": live.writer_actor_name(path), "namespace": live.NAMESPACE}
-    try:
-        return ex.actor(ResultWriter, path, **placement.writer_options(node), **opts)
-    except ValueError as e:  # Ray: the name is taken, i.e. another sweep on this cluster writes the same file
-        if "already taken" not in str(e):
-            raise
-        raise RuntimeError(f"another sweep on this Ray cluster is writing {path} (its writer actor {opts['name']!r} "
-                           "exists): wait for it to end or give this sweep another results path") from e
+    deadline = time.monotonic() + WRITER_NAME_WAIT_S
+    while True:
+        try:
+            return ex.actor(ResultWriter, path, **placement.writer_options(node), **opts)
+        except ValueError as e:  # Ray: the name is taken: a writer of an ended job not yet released, or a live sweep
+            if "already taken" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another sweep on this Ray cluster is writing {path} (its writer actor "
+                                   f"{opts['name']!r} exists): wait for it to end or give this sweep another results "
+                                   "path") from e
+            time.sleep(1.0)

@@ -48,6 +48,25 @@ DRIVER = textwrap.dedent(
 )
 
 
+SECOND_WRITER = textwrap.dedent(
+    """
+    import sys
+    import ray
+    import cluster.pipeline as pipeline
+    from cluster.executor import RayExecutor
+
+    pipeline.WRITER_NAME_WAIT_S = 2.0
+    ray.init(address=sys.argv[2], log_to_driver=False)
+    try:
+        pipeline.start_writer(sys.argv[1], RayExecutor())
+        print("started")
+    except RuntimeError as e:
+        print("refused:", e)
+    ray.shutdown()
+    """
+)
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return {**env, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT), **extra}
@@ -90,6 +109,10 @@ def test_storage_query_reads_a_running_sweep_through_its_writer(tmp_path):
         outside.write_text("a\n1\n")
         no_files = _query(db, "--sql", f"SELECT * FROM read_csv('{outside}')")  # file access off in the writer too
         assert no_files.returncode == 1 and "disabled" in no_files.stderr.lower(), no_files.stderr
+
+        second = subprocess.run([sys.executable, "-c", SECOND_WRITER, str(db), address], cwd=ROOT, env=_env(),
+                                capture_output=True, text=True, timeout=240)  # another job, same file, same cluster
+        assert "refused: another sweep on this Ray cluster is writing" in second.stdout, second.stdout + second.stderr[-2000:]
 
         dead = _query(db, "run_status", RAY_ADDRESS="127.0.0.1:1")  # RAY_ADDRESS wins over the published one
         assert dead.returncode == 1 and "no Ray cluster answers at 127.0.0.1:1" in dead.stderr
