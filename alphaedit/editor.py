@@ -66,6 +66,20 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
         )
 
 
+class NullUpdateError(FloatingPointError):
+    """An update that is exactly zero in every edited layer: the edit would change nothing."""
+
+
+def check_changes(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`NullUpdateError` when every tensor of ``tensors`` is all zeros (update norm 0)."""
+    if tensors and all(not bool(t.any()) for t in tensors.values()):
+        raise NullUpdateError(
+            f"{what}: the update is zero in every edited layer ({', '.join(tensors)}), so the edit would change "
+            "nothing. Check the hyper-parameters (a nullspace_threshold that keeps no direction, v_lr, "
+            "v_num_grad_steps, clamp_norm_factor) and the key statistics; nothing was applied to the model."
+        )
+
+
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
@@ -313,6 +327,7 @@ class Editor:
                 prev_keys=self.state.prev_keys,
             )
             check_finite(batch.deltas, f"update of batch after {self.state.n_edits} edits ({self.method})")
+            check_changes(batch.deltas, f"update of batch after {self.state.n_edits} edits ({self.method})")
             apply_deltas(self.model, batch.deltas)
             for name, d in batch.deltas.items():
                 batch_sum[name] = d if name not in batch_sum else batch_sum[name] + d

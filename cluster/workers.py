@@ -28,7 +28,7 @@ from alphaedit import (
     requests_from_counterfact,
     spec_for,
 )
-from alphaedit.editor import NonFiniteError, check_finite
+from alphaedit.editor import NonFiniteError, NullUpdateError, check_finite
 from alphaedit.models import load_model
 from alphaedit.state import EditState, restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
@@ -139,6 +139,8 @@ def describe_failure(exc: BaseException, where: str) -> str:
                 "editor a larger GPU (models.N.num_gpus); the cell's earlier checkpoints and rows are kept.")
     if isinstance(exc, NonFiniteError):
         return f"non-finite values {where} ({cause})"
+    if isinstance(exc, NullUpdateError):
+        return f"an update that changes nothing {where} ({cause})"
     if isinstance(exc, ArtifactCorruptError):
         return f"corrupt artifact {where} ({cause})"
     if isinstance(exc, ArtifactError):
@@ -357,7 +359,7 @@ class EditorWorker:
             self.reports.append(out)
             if report.n_edits_total in self.cell.checkpoint_at:
                 out["checkpoint"] = self._checkpoint()
-        except (torch.OutOfMemoryError, MemoryError, NonFiniteError, OSError, ArtifactError) as exc:
+        except (torch.OutOfMemoryError, MemoryError, NonFiniteError, NullUpdateError, OSError, ArtifactError) as exc:
             self._failed = describe_failure(exc, where)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

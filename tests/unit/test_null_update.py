@@ -1,0 +1,80 @@
+"""An edit that changes nothing fails its cell with a reason, not ``finished`` (issue 18e).
+
+A null-space projector that keeps no direction (``nullspace_threshold`` below every eigenvalue)
+makes AlphaEdit's update exactly zero in every layer: the editor refuses it (nothing applied, the
+state unchanged), and on the sweep's own path the cell ends ``failed`` with that reason in
+``runs.error`` (its unedited evaluation kept).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_core_support import synthetic_texts, tiny_model, tiny_requests, tiny_tokenizer  # noqa: E402
+
+from alphaedit import EditHparams, Editor, preservation_stats, projectors_from_stats  # noqa: E402
+from alphaedit.editor import NullUpdateError, check_changes  # noqa: E402
+from cluster.workers import describe_failure  # noqa: E402
+
+HP = EditHparams(layers=(1, 2), mom2_max_length=64, mom2_batch_size=32, clamp_norm_factor=4.0, v_num_grad_steps=5,
+                 mom2_update_weight=1000.0)
+
+
+def test_a_projector_that_keeps_nothing_gives_a_refused_null_update() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", len(tok))
+    hp = HP.replace(nullspace_threshold=-1.0)
+    stats = preservation_stats(model, tok, synthetic_texts(40), hp)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    editor = Editor(model, tok, hp, "alphaedit", projectors=projectors_from_stats(stats, hp))
+    with pytest.raises(NullUpdateError, match="the update is zero in every edited layer") as err:
+        editor.edit(tiny_requests(2))
+    assert "nullspace_threshold" in str(err.value) and "nothing was applied" in str(err.value)
+    assert editor.state.n_edits == 0
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "nothing may be applied"
+    # the same model and statistics with the default threshold do edit
+    ok = Editor(model, tok, HP, "alphaedit", projectors=projectors_from_stats(stats, HP))
+    ok.edit(tiny_requests(2))
+    assert ok.state.n_edits == 2
+
+
+def test_check_changes_and_the_failure_line() -> None:
+    check_changes({"a": torch.zeros(2, 2), "b": torch.tensor([[0.0, 1e-30]])}, "x")  # one layer moves: fine
+    check_changes({}, "x")
+    with pytest.raises(NullUpdateError):
+        check_changes({"a": torch.zeros(2, 2), "b": torch.zeros(3)}, "x")
+    line = describe_failure(NullUpdateError("boom"), "in the batch of edits 0-10 of r1")
+    assert line == "an update that changes nothing in the batch of edits 0-10 of r1 (NullUpdateError: boom)"
+
+
+def test_the_cell_fails_with_the_reason_instead_of_finished(tmp_path: Path) -> None:
+    from cluster.config import TOY_CONFIG_PATH, load_config
+    from cluster.executor import LocalExecutor
+    from cluster.pipeline import run_sweep, start_writer
+    from storage.artifacts import ArtifactStore
+
+    cfg = load_config(TOY_CONFIG_PATH, [
+        "methods=[alphaedit]", "n_edits=[10]", "batch_sizes=[10]", "eval_every=10", "probes.tasks=[]",
+        "metrics.generation_records=0", "metrics.max_records=2", "stats_shards=1",
+        "hparams_overrides=[{mom2_n_samples: 60, v_num_grad_steps: 2, nullspace_threshold: 0.0}]"])
+    ex = LocalExecutor()
+    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        statuses = run_sweep(cfg, "s", writer, ArtifactStore(tmp_path / "art"), None, executor=ex, parallel=False)
+        runs = ex.get(ex.call(writer, "query", "SELECT status, error FROM runs")).rows()
+        points = ex.get(ex.call(writer, "query", "SELECT DISTINCT edits_done FROM metrics WHERE dataset = "
+                                                 "'counterfact' ORDER BY 1"))["edits_done"].to_list()
+    finally:
+        torch.set_num_threads(threads)
+        ex.get(ex.call(writer, "close"))
+    assert list(statuses.values()) == ["failed"]
+    (status, error), = runs
+    assert status == "failed" and error.startswith("an update that changes nothing in the batch of edits 0-10"), error
+    assert points == [0], "the unedited evaluation is kept"
