@@ -77,7 +77,7 @@ class EditHparams:
     template_top_k: Annotated[int, Range(ge=1)] = 5
     template_seed: int = 0  # the reference sets no seed; we do, for reproducibility
     # --- null-space projector (AlphaEdit) -------------------------------------------------------
-    nullspace_threshold: float = 2e-2  # on the *mean* second moment E[k kᵀ] (reference code)
+    nullspace_threshold: Annotated[float, Range(ge=0)] = 2e-2  # on the *mean* second moment E[k kᵀ] (reference code)
     # "absolute": keep eigenvectors with λ < threshold (code). "relative": λ < threshold * λ_max.
     threshold_mode: ThresholdMode = "absolute"
     # --- closed-form solve -----------------------------------------------------------------------

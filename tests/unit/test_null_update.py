@@ -28,10 +28,10 @@ HP = EditHparams(layers=(1, 2), mom2_max_length=64, mom2_batch_size=32, clamp_no
 def test_a_projector_that_keeps_nothing_gives_a_refused_null_update() -> None:
     tok = tiny_tokenizer()
     model = tiny_model("gpt2", len(tok))
-    hp = HP.replace(nullspace_threshold=-1.0)
-    stats = preservation_stats(model, tok, synthetic_texts(40), hp)
+    stats = preservation_stats(model, tok, synthetic_texts(40), HP)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    editor = Editor(model, tok, hp, "alphaedit", projectors=projectors_from_stats(stats, hp))
+    keeps_nothing = {layer: torch.zeros_like(p) for layer, p in projectors_from_stats(stats, HP).items()}
+    editor = Editor(model, tok, HP, "alphaedit", projectors=keeps_nothing)
     with pytest.raises(NullUpdateError, match="the update is zero in every edited layer") as err:
         editor.edit(tiny_requests(2))
     assert "nullspace_threshold" in str(err.value) and "nothing was applied" in str(err.value)
@@ -41,6 +41,16 @@ def test_a_projector_that_keeps_nothing_gives_a_refused_null_update() -> None:
     ok = Editor(model, tok, HP, "alphaedit", projectors=projectors_from_stats(stats, HP))
     ok.edit(tiny_requests(2))
     assert ok.state.n_edits == 2
+
+
+def test_a_negative_nullspace_threshold_is_a_config_error() -> None:
+    from alphaedit.hparams import HparamsError
+    from cluster.config import TOY_CONFIG_PATH, SweepConfigError, load_config
+
+    with pytest.raises(HparamsError, match="nullspace_threshold: must be >= 0"):
+        HP.replace(nullspace_threshold=-1.0)
+    with pytest.raises(SweepConfigError, match="hparams_overrides.0.nullspace_threshold: must be >= 0"):
+        load_config(TOY_CONFIG_PATH, ["hparams_overrides=[{nullspace_threshold: -1.0}]"])
 
 
 def test_check_changes_and_the_failure_line() -> None:
