@@ -4,7 +4,7 @@ Rows, per model: our unedited model (``edits_done = 0``), the paper's "Pre-edite
 one row per (method, batch size, n_edits) at each run's final step (mean over seeds, as the
 ``method_comparison`` query gives it), each followed by the paper's row for that method when the
 paper has one. A cell without a number says why: ``failed`` (a run of the row failed),
-``pending``/``running`` (not there yet) or ``missing`` (the metric was not computed); never 0.
+``pending``/``running``/``interrupted`` (not there yet) or ``missing`` (the metric was not computed); never 0.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _absent_cell(statuses: Sequence[str], what: str) -> Cell:
     """The cell for a metric without a value, from the statuses of the row's runs."""
     if RunStatus.FAILED in statuses:
         return Cell(CellKind.FAILED, "failed", f"{what}: a run of this row failed before measuring it")
-    unfinished = [s for s in statuses if s in (RunStatus.PENDING, RunStatus.RUNNING)]
+    unfinished = [s for s in statuses if s in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.INTERRUPTED)]
     if unfinished:
         return Cell(CellKind.PENDING, unfinished[0], f"{what}: not measured yet (run {unfinished[0]})")
     return Cell(CellKind.MISSING, "missing", f"{what}: not computed")
