@@ -78,7 +78,10 @@ def generation_rows(model: nn.Module, tokenizer, records: Sequence[CounterFactRe
 
 
 def rewrite_rows(model: nn.Module, tokenizer, plan: EvalPlan) -> list[MetricRow]:
-    """The rewrite metrics of ``plan`` on ``model`` as it is (no deltas applied here)."""
+    """The rewrite metrics of ``plan`` on ``model`` as it is (no deltas applied here); none without records
+    (a plan of probes or drift only)."""
+    if not plan.records:
+        return []
     if plan.dataset == names.DATASET_ZSRE:
         return zsre_metrics(model, tokenizer, list(plan.records), batch_size=plan.batch_size,
                             answer_tokens=plan.zsre_answer_tokens)

@@ -9,9 +9,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from alphaedit import hparams_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +66,9 @@ def ray_head():
     try:
         subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
                         "--dashboard-port", str(dport), "--include-dashboard", "true", "--disable-usage-stats",
+                        # its own agent port: the default (52365) may be held by another Ray on this machine,
+                        # and then the head has no job agent ("No available agent to submit job")
+                        "--dashboard-agent-listen-port", str(_free_port()),
                         "--temp-dir", temp_dir], env=env, check=True, timeout=180, capture_output=True)
         yield f"http://127.0.0.1:{dport}", env
     finally:
@@ -73,7 +79,12 @@ def ray_head():
 def _submit(address: str, env: dict, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
            "python", "-m", "jobs.sweep", "--config", "jobs/configs/toy.yaml", *[a for o in overrides for a in ("--set", o)]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(12):  # a fresh head's job agent registers after the dashboard answers (slow on a busy host)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in out.stderr + out.stdout:
+            return out
+        time.sleep(5)
+    return out
 
 
 def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path) -> None:
@@ -110,7 +121,10 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
     c1 = counts()
     assert c1["runs"] == 2 and c1["finished"] == 2 and c1["dupes"] == 0
     assert c1["edits_done"] == [0, 10, 20] and c1["post_efficacy_rows"] == 2
-    assert c1["metrics"] == 2 * 3 * 8  # 2 runs x 3 checkpoints x (6 probability + fluency + consistency)
+    layers = len(hparams_for("toy", "alphaedit").layers)
+    # 2 runs x 3 checkpoints x (6 probability + fluency + consistency), plus AlphaEdit's projector kept
+    # fraction per edited layer (dataset 'projector'; MEMIT has no projector)
+    assert c1["metrics"] == 2 * 3 * 8 + layers
     assert c1["probes"] == 2 * 3 * 3  # toy_knowledge acc/acc_norm + toy_acceptability acc
     from alphaedit import preset
 

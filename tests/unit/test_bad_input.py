@@ -21,7 +21,7 @@ from cluster.config import REPO_ROOT, TOY_CONFIG_PATH, SweepConfigError, load_co
 from cluster.preflight import preflight_problems
 
 TOY_CF = REPO_ROOT / "eval" / "toyworld" / "artifacts" / "counterfact.json"
-PY = str(REPO_ROOT / ".venv" / "bin" / "python")
+PY = sys.executable  # the test run's own interpreter (CI uses another venv than .venv)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "RAY_AUTH_MODE": "disabled"}
 

@@ -224,3 +224,30 @@ def test_new_metric_fields_keep_existing_sweep_ids(tmp_path: Path) -> None:
     assert "zsre_answer_tokens" not in next(base.cells()).config()  # and the clean default changes no run id
     with pytest.raises(Exception, match="zsre_answer_tokens"):
         _config(tmp_path, "metrics.zsre_answer_tokens=bos")
+
+
+def test_post_hoc_drift_equals_the_sweeps_own(tmp_path: Path) -> None:
+    """jobs.drift on a sweep run without drift writes the rows the sweep writes with metrics.drift_prompts."""
+    from jobs.drift import main as drift_main
+
+    rows = {}
+    for name, extra in (("inline", ["metrics.drift_prompts=12"]), ("post", [])):
+        cfg = _config(tmp_path / name, "n_edits=[20]", "methods=[alphaedit]", *extra)
+        ex = LocalExecutor()
+        writer = start_writer(str(tmp_path / name / "r.duckdb"), ex)
+        try:
+            run_sweep(cfg, "drift", writer, ArtifactStore(tmp_path / name / "artifacts"), None, executor=ex)
+        finally:
+            ex.get(ex.call(writer, "close"))
+        if name == "post":
+            assert drift_main(["--db", str(tmp_path / name / "r.duckdb"), "--artifact-root",
+                               str(tmp_path / name / "artifacts"), "--prompts", "12"]) == 0
+        import duckdb
+
+        con = duckdb.connect(str(tmp_path / name / "r.duckdb"), read_only=True)
+        rows[name] = con.execute("SELECT edits_done, metric, value FROM metrics WHERE dataset = 'preserved' "
+                                 "ORDER BY ALL").fetchall()
+        con.close()
+    assert len(rows["post"]) == 9 and [r[:2] for r in rows["post"]] == [r[:2] for r in rows["inline"]]
+    for (_, m, a), (_, _, b) in zip(rows["post"], rows["inline"], strict=True):
+        assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), m
