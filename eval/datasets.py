@@ -71,7 +71,8 @@ def resolve_data_file(source: str | os.PathLike[str], cache_dir: str | os.PathLi
 
     The download goes to a temporary file renamed into place, so a broken transfer leaves no
     partial file. Raises :class:`DatasetUnavailableError` when the file is missing and cannot be
-    fetched (offline, ``download=False``, or an unknown name).
+    fetched (``download=False``, ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set: then nothing is
+    attempted, or the fetch fails, or an unknown name).
     """
     path = Path(source)
     if path.exists():
@@ -90,6 +91,9 @@ def resolve_data_file(source: str | os.PathLike[str], cache_dir: str | os.PathLi
            "or pass the local path of the file instead")
     if not download:
         raise DatasetUnavailableError(f"{name}: {dest} not found and downloading is off; {how}")
+    offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
+    if offline:  # offline means offline: no attempt, one line saying where the file goes
+        raise DatasetUnavailableError(f"{name}: {dest} not found and {'/'.join(offline)} is set; {how}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     logger.info("fetching %s -> %s", url, dest)

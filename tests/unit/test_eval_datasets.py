@@ -163,3 +163,22 @@ def test_wikipedia_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(CorpusUnavailableError, match=r"wikimedia/wikipedia/20220301.fr .*kind='files'"):
         next(iter_corpus(CorpusSpec(kind="wikipedia", snapshot="20220301.fr", n_docs=10)))
+
+
+def test_offline_flags_mean_no_download_attempt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def record(*a, **_k):
+        calls.append(a)
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", record)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ds.DatasetUnavailableError, match=r"HF_DATASETS_OFFLINE.* is set; download .*multi_counterfact"):
+        ds.load_counterfact("mcf", cache_dir=tmp_path)
+    assert calls == []  # offline means offline
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ds.DatasetUnavailableError, match="could not fetch"):
+        ds.load_counterfact("mcf", cache_dir=tmp_path)
+    assert len(calls) == 1 and not list(tmp_path.iterdir())
