@@ -440,8 +440,10 @@ class ResultWriter:
 
         For sweeps written to separate files (e.g. two methods run side by side, each with its own
         writer). ``source`` is opened read-only and must have this code's schema version (open it
-        once with a ``ResultWriter`` to migrate it). Rows whose key is already here are refused, all
-        of them named at once, and nothing is copied; ``schema_version`` is not copied.
+        once with a ``ResultWriter`` to migrate it). A row whose key is already here with the same
+        values, timestamps aside (e.g. the record of an artifact two sweeps share in one store), is skipped; rows whose
+        key is here with other values are refused, all tables named at once, and nothing is copied;
+        ``schema_version`` is not copied.
         """
         src = Path(source)
         if not src.is_file():
@@ -466,7 +468,10 @@ class ResultWriter:
                 clashes = []
                 for t in tables:
                     key = " AND ".join(f"a.{k} IS NOT DISTINCT FROM b.{k}" for k in TABLES[t].key)
-                    n = self._con.execute(f"SELECT count(*) FROM {t} a JOIN {alias}.{t} b ON {key}").fetchall()[0][0]
+                    differ = " OR ".join(f"a.{c.name} IS DISTINCT FROM b.{c.name}" for c in TABLES[t].columns
+                                         if c.name not in TABLES[t].key and c.sql_type != "TIMESTAMP")
+                    n = self._con.execute(f"SELECT count(*) FROM {t} a JOIN {alias}.{t} b ON {key} "
+                                          f"WHERE {differ or 'false'}").fetchall()[0][0]
                     if n:
                         clashes.append(f"{t}: {n} row(s)")
                 if clashes:
@@ -477,7 +482,9 @@ class ResultWriter:
                     for t in tables:
                         cols = ", ".join(TABLES[t].column_names)
                         before = con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                        con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {alias}.{t}")
+                        key = " AND ".join(f"a.{k} IS NOT DISTINCT FROM b.{k}" for k in TABLES[t].key)
+                        con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {alias}.{t} b "
+                                    f"WHERE NOT EXISTS (SELECT 1 FROM {t} a WHERE {key})")
                         copied[t] = con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] - before
             finally:
                 self._con.execute(f"DETACH {alias}")

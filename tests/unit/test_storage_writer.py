@@ -321,8 +321,10 @@ def test_merge_copies_every_row_and_refuses_clashes_whole(tmp_path):
         assert count(w, "runs") == 2 and count(w, "metrics") == 12 and count(w, "timings") == 2
         assert w.query("SELECT value FROM metrics WHERE run_id = 'rb' AND edits_done = 10 "
                        "AND metric = 'efficacy'")["value"][0] == 70.0
-        with pytest.raises(ValueError, match=r"runs: 1 row\(s\).*metrics: 6 row\(s\).*nothing was copied"):
-            w.merge_from(a)
+        assert set(w.merge_from(a).values()) == {0}  # the same rows again (e.g. a shared artifact): skipped
+        clash = _file_with(tmp_path, "a2.duckdb", "ra", 50.0)  # the same run with other values
+        with pytest.raises(ValueError, match=r"metrics: 6 row\(s\).*nothing was copied"):
+            w.merge_from(clash)
         assert count(w, "runs") == 2 and count(w, "metrics") == 12  # nothing half-copied
         with pytest.raises(FileNotFoundError, match="does not exist"):
             w.merge_from(tmp_path / "missing.duckdb")
