@@ -30,11 +30,12 @@ TABLE_SCHEMA_VERSION = "schema_version"
 TABLE_SWEEP_TAGS = "sweep_tags"
 TABLE_NIGHTLY_VERDICTS = "nightly_verdicts"
 TABLE_NIGHTLY_CHECKS = "nightly_checks"
+TABLE_DRIFT_POINTS = "drift_points"
 
 #: Tables holding results, in export order (``schema_version`` is exported too, last).
 RESULT_TABLES: tuple[str, ...] = (
     TABLE_RUNS, TABLE_METRICS, TABLE_PROBES, TABLE_TIMINGS, TABLE_ARTIFACTS,
-    TABLE_SWEEP_TAGS, TABLE_NIGHTLY_VERDICTS, TABLE_NIGHTLY_CHECKS,
+    TABLE_SWEEP_TAGS, TABLE_NIGHTLY_VERDICTS, TABLE_NIGHTLY_CHECKS, TABLE_DRIFT_POINTS,
 )
 
 
@@ -106,11 +107,25 @@ DRIFT_METRICS: tuple[str, ...] = (METRIC_DRIFT_SHIFT, METRIC_DRIFT_DISPLACEMENT,
 # The null-space projector of a run (edits_done 0): rank P / d_k of each edited layer, under DATASET_PROJECTOR.
 DATASET_PROJECTOR = "projector"
 METRIC_KEPT_FRACTION_PREFIX = "kept_fraction.layer"
+METRIC_PROJECTOR_DISTANCE_PREFIX = "projector_distance.layer"
 
 
 def kept_fraction_metric(layer: int) -> str:
     """``kept_fraction.layer<l>``: the share of d_k the layer's projector keeps (its rank / d_k)."""
     return f"{METRIC_KEPT_FRACTION_PREFIX}{int(layer)}"
+
+
+def projector_distance_metric(layer: int) -> str:
+    """``projector_distance.layer<l>``: ||P_budget - P_full||_F / ||P_full||_F of the layer's projector
+    from key statistics cut at a key budget (FastMEMIT) against the full corpus' at the same threshold."""
+    return f"{METRIC_PROJECTOR_DISTANCE_PREFIX}{int(layer)}"
+
+
+def layer_of_metric(metric: str, prefix: str) -> int | None:
+    """The layer ``l`` of a per-layer metric ``<prefix><l>`` (None when ``metric`` is not one)."""
+    rest = metric.removeprefix(prefix)
+    return int(rest) if rest != metric and rest.isdigit() else None
+
 
 #: Column headers of the paper's Table 1, by metric name (``method_comparison`` query).
 TABLE1_HEADERS: dict[str, str] = {

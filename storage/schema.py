@@ -192,6 +192,20 @@ TABLES: dict[str, TableSpec] = {
                    "(storage.names.CheckStatus); regression and missing fail the night."),
         ),
     ),
+    names.TABLE_DRIFT_POINTS: TableSpec(
+        name=names.TABLE_DRIFT_POINTS,
+        doc="2-D PCA points of the preserved documents' hidden states (the paper's Fig. 5; eval.drift): one row "
+            "per (run, edits done, document), on the unedited model's first two principal axes.",
+        key=("run_id", "edits_done", "doc"),
+        columns=(
+            Column("run_id", "VARCHAR", "The run (runs.run_id)."),
+            Column("edits_done", "INTEGER", "Edits applied when measured; 0 = the unedited model."),
+            Column("doc", "INTEGER", "Index of the preserved document (the order of the drift documents)."),
+            Column("x", "DOUBLE", "Coordinate on the unedited states' first principal axis (centred on their mean)."),
+            Column("y", "DOUBLE", "Coordinate on their second principal axis."),
+            _WRITTEN_AT,
+        ),
+    ),
 }
 
 
@@ -338,10 +352,24 @@ _V3 = (
     "ALTER TABLE runs_v3 RENAME TO runs",
 )
 
+#: The Fig. 5 scatter: the preserved documents' hidden states as 2-D PCA points, per checkpoint.
+_V4 = (
+    """CREATE TABLE drift_points (
+        run_id VARCHAR NOT NULL,
+        edits_done INTEGER NOT NULL,
+        doc INTEGER NOT NULL,
+        x DOUBLE NOT NULL,
+        y DOUBLE NOT NULL,
+        written_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, edits_done, doc)
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: runs, metrics, probes, timings, artifacts", _V1),
     Migration(2, "nightly regression runs: sweep_tags, nightly_verdicts, nightly_checks", _V2),
     Migration(3, "runs.status may be 'interrupted' (stopped by a signal at a batch boundary; resumable)", _V3),
+    Migration(4, "drift_points: 2-D PCA points of the preserved documents' hidden states (Fig. 5)", _V4),
 )
 
 #: The schema version this code writes and expects.
@@ -430,12 +458,15 @@ def migrate(con: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
 
 
 def apply_comments(con: Any, tables: dict[str, TableSpec] = TABLES) -> None:
-    """Store the table and column docs of ``tables`` as DuckDB comments (idempotent)."""
+    """Store the table and column docs of ``tables`` as DuckDB comments (idempotent); tables the file does
+    not have (one opened with fewer migrations, as in a migration test) are left out."""
 
     def q(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
     for spec in tables.values():
+        if not _has_table(con, spec.name):
+            continue
         con.execute(f"COMMENT ON TABLE {spec.name} IS {q(spec.doc)}")
         for c in spec.columns:
             con.execute(f"COMMENT ON COLUMN {spec.name}.{c.name} IS {q(c.doc)}")

@@ -9,7 +9,8 @@ both get them (they are not a schema version: nothing stored changes). Every vie
 
 * ``metric_units`` / ``stage_units``: what each rewrite metric's value is measured in, and what
   each stage's ``timings.items`` counts (and which stage contains it).
-* ``v_metrics``: ``metrics``, long, with ``unit``.
+* ``v_metrics``: ``metrics``, long, with ``unit`` (per-layer metrics such as ``kept_fraction.layer3`` take the
+  unit of their ``kept_fraction.layer*`` entry in ``metric_units``).
 * ``v_points``: one row per run x dataset x ``edits_done`` (an evaluation point), one column per
   rewrite metric (``dataset`` here and in ``v_metrics`` is the dataset measured, ``metrics.dataset``).
 * ``v_probes``: ``probes``, long, with ``probe = task.metric``, the run's unedited value and the delta.
@@ -66,6 +67,13 @@ METRIC_UNITS: dict[str, MetricUnit] = {
                                                 "the unedited spread"),
     names.METRIC_DRIFT_MMD: MetricUnit("MMD^2", 1.0, "RBF-kernel squared maximum mean discrepancy between the "
                                        "edited and unedited hidden states (0: same distribution)"),
+    # Per-layer metrics: one entry per name prefix, ``<prefix>*`` (v_metrics matches ``<prefix><layer>``).
+    names.METRIC_KEPT_FRACTION_PREFIX + "*": MetricUnit("fraction", 1.0, "rank of the layer's null-space "
+                                                        "projector over d_k (dataset projector, edits_done 0)"),
+    names.METRIC_PROJECTOR_DISTANCE_PREFIX + "*": MetricUnit("ratio", 1.0, "||P_budget - P_full||_F / ||P_full||_F: "
+                                                             "the layer's projector from key statistics cut at a key "
+                                                             "budget against the full corpus' at the same threshold "
+                                                             "(dataset projector, edits_done 0)"),
 }
 
 #: lm-eval metrics that are fractions in [0, 1]; other probe metrics read "as lm-eval reports".
@@ -156,6 +164,7 @@ _METRICS_SQL = f"""SELECT r.model, r.method, m.dataset, r.batch_size, r.n_edits,
     u.unit, m.n_cases, {_RUN_IDS}
 FROM metrics AS m JOIN runs AS r ON r.run_id = m.run_id
 LEFT JOIN metric_units AS u ON u.metric = m.metric
+    OR (ends_with(u.metric, '*') AND starts_with(m.metric, rtrim(u.metric, '*')))
 ORDER BY r.model, r.method, m.dataset, r.batch_size, r.n_edits, r.seed, r.run_id, m.edits_done, m.metric"""
 
 _PROBES_SQL = f"""SELECT {_RUN_COLUMNS}, p.edits_done, p.task, p.metric, p.task || '.' || p.metric AS probe, p.value,

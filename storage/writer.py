@@ -56,7 +56,7 @@ _POLARS_TYPES: dict[str, pl.DataType] = {
     "DOUBLE": pl.Float64(),
     "TIMESTAMP": pl.Datetime("us"),
 }
-_MEASUREMENT_TABLES = (names.TABLE_METRICS, names.TABLE_PROBES, names.TABLE_TIMINGS)
+_MEASUREMENT_TABLES = (names.TABLE_METRICS, names.TABLE_PROBES, names.TABLE_TIMINGS, names.TABLE_DRIFT_POINTS)
 _WRITER_MANAGED = ("written_at",)
 
 
@@ -307,9 +307,10 @@ class ResultWriter:
 
     # --- measurements ----------------------------------------------------------------------
     def write(
-        self, *, metrics: Rows | None = None, probes: Rows | None = None, timings: Rows | None = None
+        self, *, metrics: Rows | None = None, probes: Rows | None = None, timings: Rows | None = None,
+        drift_points: Rows | None = None,
     ) -> dict[str, int]:
-        """Upsert rows into ``metrics``, ``probes`` and ``timings`` in **one** transaction.
+        """Upsert rows into ``metrics``, ``probes``, ``timings`` and ``drift_points`` in **one** transaction.
 
         Rows are polars frames or sequences of dicts with the table's columns (``written_at``
         is set here; nullable columns may be left out). A row whose key exists replaces it.
@@ -317,7 +318,8 @@ class ResultWriter:
         """
         frames = {
             t: self._frame(t, rows)
-            for t, rows in ((names.TABLE_METRICS, metrics), (names.TABLE_PROBES, probes), (names.TABLE_TIMINGS, timings))
+            for t, rows in ((names.TABLE_METRICS, metrics), (names.TABLE_PROBES, probes), (names.TABLE_TIMINGS, timings),
+                            (names.TABLE_DRIFT_POINTS, drift_points))
             if rows is not None
         }
         frames = {t: f for t, f in frames.items() if f.height}

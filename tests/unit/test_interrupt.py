@@ -19,7 +19,7 @@ from cluster.executor import LocalExecutor
 from cluster.pipeline import run_sweep, start_writer
 from storage.artifacts import ArtifactStore
 from storage.names import RunStatus
-from storage.schema import MIGRATIONS
+from storage.schema import MIGRATIONS, SCHEMA_VERSION
 from storage.writer import ResultWriter, RunSpec
 
 FAST = ["methods=[memit]", "n_edits=[30]", "batch_sizes=[10]", "eval_every=10", "probes.tasks=[toy_knowledge]",
@@ -103,7 +103,7 @@ def test_migration_3_lets_runs_be_interrupted_and_keeps_the_rows(tmp_path: Path)
         with pytest.raises(duckdb.ConstraintException):  # version 2 refuses the new status
             w._con.execute("UPDATE runs SET status = 'interrupted'")
     with ResultWriter(path) as w:
-        assert w.schema_version == 3
+        assert w.schema_version == SCHEMA_VERSION  # 3 and every later migration
         w.set_status("a", RunStatus.INTERRUPTED)
         assert w.query("SELECT status FROM runs")["status"].to_list() == ["interrupted"]
         assert w.query("SELECT count(*) AS n FROM metrics")["n"][0] == 1
