@@ -56,7 +56,7 @@ from cluster.workers import (
 )
 from eval.rows import METRIC_SKIPPED_RECORDS
 from storage import names
-from storage.artifacts import ArtifactStore, KeyStatsKey
+from storage.artifacts import ArtifactStore, KeyStatsKey, ProjectorKey
 from storage.hashing import config_hash
 from storage.writer import ResultWriter, RunDecision, RunSpec
 
@@ -121,7 +121,7 @@ class ModelRun:
     editors_started: int = 0
     stats: StatsSource = field(default_factory=StatsSource)
     stats_id: tuple[str, ...] | None = None
-    projector_refs: dict[tuple[str, ...], tuple[Any, tuple[float, str]]] = field(default_factory=dict)
+    projector_sets: dict[tuple[str, ...], dict[int, ProjectorKey]] = field(default_factory=dict)  # id -> stored keys
     projector_id: tuple[str, ...] | None = None
     projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
     unedited: dict[tuple[str, int, int], Any] = field(default_factory=dict)
@@ -161,20 +161,20 @@ class ModelRun:
                    run_id: str) -> tuple[tuple[str, ...] | None, list[dict[str, Any]]]:
         """(projector id, timing rows) of ``cell``: its null-space projectors (of the statistics ``stats``
         stored under ``stats_keys``; an object reference or the arrays), from the artifact store or computed by one task (on the model's
-        resources) and stored, then held in the object store for the editor actors. (None, []) when the
+        resources) and stored; the editor actors read them from the store by key. (None, []) when the
         cell's method does not use the projection."""
         if not method_spec(cell.method).needs_projector:
             return None, []
         keys = projector_keys(cell, stats_keys)
         pid = tuple(keys[layer].digest() for layer in sorted(keys))
-        if pid in self.projector_refs:
+        if pid in self.projector_sets:
             return pid, []
         hp = cell.hparams()
         task = self.ex.task(null_space_projectors, **placement.projector_options(self.model),
                             max_retries=3, retry_exceptions=False, num_returns=2)
-        p_ref, info_ref = task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus)
+        _, info_ref = task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus)  # stores every P
         info = self.get(info_ref)
-        self.projector_refs[pid] = (p_ref, (hp.nullspace_threshold, hp.threshold_mode))
+        self.projector_sets[pid] = keys
         self.projector_info[pid] = info
         logger.info("%s: null-space projectors (threshold %g, %s) of layers %s: %s in %.1f s; rank/d_k %s",
                     self.model.name, hp.nullspace_threshold, hp.threshold_mode, sorted(keys),
@@ -194,12 +194,11 @@ class ModelRun:
             if self.editor is not None:
                 self.ex.kill(self.editor, no_restart=True)
             m = self.model
-            # The references are held here: a restarted actor's __init__ gets its arguments again, so the
-            # driver keeps the statistics' and projectors' objects alive as long as the actor may restart.
-            p_ref, params = self.projector_refs[projector_id] if projector_id is not None else (None, None)
+            # Keys, not object references: the actor reads its statistics and projectors from the artifact
+            # store, so a restarted actor (its __init__ runs again) rebuilds itself from there.
+            p_keys = self.projector_sets[projector_id] if projector_id is not None else None
             self.editor = self.ex.actor(
-                EditorWorker, m.resolve(m.path), stats.ref, m.num_gpus, "float32", self.store.root,
-                p_ref, params,
+                EditorWorker, m.resolve(m.path), stats.keys, m.num_gpus, "float32", self.store.root, p_keys,
                 **placement.editor_options(m), max_restarts=self.cfg.editor_max_restarts,
                 max_task_retries=0, name=editor_actor_name(self.sweep_id, m.name, self.editors_started),
             )

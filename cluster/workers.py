@@ -35,9 +35,11 @@ from alphaedit.stats import compute_key_stats, key_budget
 from storage.artifacts import (
     ArtifactCorruptError,
     ArtifactError,
+    ArtifactNotFoundError,
     ArtifactStore,
     CheckpointKey,
     Codec,
+    KeyStatsKey,
     ProjectorKey,
 )
 
@@ -222,28 +224,43 @@ def _reports_from_json(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 class EditorWorker:
     """Holds one model, its preservation statistics and the edit state of the current run cell.
 
+    The actor's constructor takes artifact *keys*, never object-store references: it reads the
+    key statistics (and the null-space projectors) from the artifact store itself, so an actor that
+    Ray restarts (``max_restarts``) rebuilds itself from the store, and its arguments are small
+    values Ray keeps with the actor (no object that must outlive it, hence no Ray warning about
+    constructor arguments in the object store).
+
     The base weights are snapshotted once; :meth:`begin` restores them before a new cell, so
-    cells of the same model run one after the other on one copy of the model. With a
-    ``store_root`` the state is checkpointed (deltas, Σ Kp Kpᵀ, the exact edited weights, the RNG
-    state, the position in the stream) at the cell's ``checkpoint_at`` points, and :meth:`begin`
-    with ``resume=True`` continues bit-exactly from the newest checkpoint, also in a restarted
-    actor (whose ``__init__`` ran again).
+    cells of the same model run one after the other on one copy of the model. The state is
+    checkpointed (deltas, Σ Kp Kpᵀ, the exact edited weights, the RNG state, the position in the
+    stream) at the cell's ``checkpoint_at`` points, and :meth:`begin` with ``resume=True``
+    continues bit-exactly from the newest checkpoint, also in a restarted actor (whose
+    ``__init__`` ran again).
     """
 
-    def __init__(self, model_path: str, stats: Mapping[int, tuple[np.ndarray, int]], num_gpus: float = 0.0,
+    def __init__(self, model_path: str, stats_keys: Mapping[int, KeyStatsKey], num_gpus: float = 0.0,
                  dtype: str = "float32", store_root: str | None = None,
-                 projectors: Mapping[int, np.ndarray] | None = None,
-                 projector_params: tuple[float, str] | None = None) -> None:
-        """``projectors``: P per layer (from :func:`null_space_projectors`), made for the hparams'
-        ``(nullspace_threshold, threshold_mode)`` = ``projector_params``; cells with other values
-        (or without projectors here) compute their own from the statistics."""
+                 projector_keys: Mapping[int, ProjectorKey] | None = None) -> None:
+        """``stats_keys``: the artifact keys of the key statistics per layer, read from the store at
+        ``store_root`` (where :func:`cluster.statistics.fetch_statistics` put them); missing or
+        corrupt ones raise :class:`storage.artifacts.ArtifactNotFoundError`. ``projector_keys``: the
+        keys of the null-space projectors per layer (stored by :func:`null_space_projectors`), all
+        made with one ``(threshold, mode)``; cells with other values (or, when one is missing or
+        corrupt in the store, every cell) compute their own from the statistics."""
+        from cluster.statistics import load_stored
+
+        if store_root is None:
+            raise ValueError("EditorWorker needs a store_root: it reads its statistics from the artifact store")
         self.device = pick_device(num_gpus)
         self.model, self.tokenizer = load_model(model_path, self.device, dtype)
         self.spec = spec_for(self.model)
-        self.stats = merge_shards([dict(stats)])
-        self.projectors = None if projectors is None else {
-            int(layer): torch.from_numpy(np.array(p, dtype=np.float32)).to(self.device) for layer, p in projectors.items()}
-        self.projector_params = None if projector_params is None else (float(projector_params[0]), projector_params[1])
+        stats, _ = load_stored(dict(stats_keys), store_root)  # verified (full key, checksum) and finite
+        if stats is None:
+            raise ArtifactNotFoundError(
+                f"key statistics of layers {sorted(stats_keys)} are not (intact) in the artifact store {store_root}; "
+                "rerun the sweep (or python -m jobs.stats) to compute them")
+        self.stats = merge_shards([stats])
+        self.projectors, self.projector_params = self._stored_projectors(store_root, projector_keys or {})
         self.store_root = store_root
         self._base: dict[str, torch.Tensor] | None = None
         self.editor: Editor | None = None
@@ -253,6 +270,26 @@ class EditorWorker:
         self._last_checkpoint: int | None = None
         self.reports: list[dict[str, Any]] = []  # one per batch of the current cell (timings, checkpoint row)
         logger.info("editor worker for %s on %s", model_path, self.device)
+
+    def _stored_projectors(self, store_root: str, keys: Mapping[int, ProjectorKey]
+                           ) -> tuple[dict[int, torch.Tensor] | None, tuple[float, str] | None]:
+        """(P per layer on this device, their (threshold, mode)) read from the store; (None, None)
+        without keys, or when one is missing or corrupt (then the cells compute their own)."""
+        if not keys:
+            return None, None
+        params = {(float(k.threshold), k.mode) for k in keys.values()}
+        if len(params) != 1:
+            raise ValueError(f"projector keys with different (threshold, mode) {sorted(params)}: give one set")
+        store = ArtifactStore(store_root)
+        out = {}
+        for layer, key in keys.items():
+            got = store.get_valid(key)  # None: not stored, or corrupt (then deleted)
+            if got is None:
+                logger.warning("projector of layer %d (%s) is not (intact) in the artifact store %s; the cells "
+                               "compute their own", layer, key.digest()[:12], store_root)
+                return None, None
+            out[int(layer)] = torch.from_numpy(np.array(got[0]["P"], dtype=np.float32)).to(self.device)
+        return out, params.pop()
 
     def start_cell(self, cell: CellStart) -> dict[str, Any]:
         """Begin ``cell`` from the base model (no resume); see :meth:`begin`."""
@@ -303,12 +340,12 @@ class EditorWorker:
         return info
 
     def _projectors_for(self, hp: EditHparams, cell: CellStart) -> dict[int, torch.Tensor] | None:
-        """The shipped projectors when the cell's method uses P and they were made for its hparams."""
+        """The stored projectors when the cell's method uses P and they were made for its hparams."""
         if not method_spec(cell.method).needs_projector or self.projectors is None:
             return None
         if self.projector_params != (hp.nullspace_threshold, hp.threshold_mode) or not set(hp.layers) <= set(
                 self.projectors):
-            logger.warning("%s: the shipped projectors were made for %s, the cell asks for (%s, %s) on layers %s; "
+            logger.warning("%s: the stored projectors were made for %s, the cell asks for (%s, %s) on layers %s; "
                            "computing its own", cell.run_id, self.projector_params, hp.nullspace_threshold,
                            hp.threshold_mode, list(hp.layers))
             return None

@@ -93,7 +93,7 @@ def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
         # The null-space projectors of the cells that use them (AlphaEdit, every "+proj" method).
         for cell in cfg.cells():
             mr = model_run(cell)
-            before = set(mr.projector_refs)
+            before = set(mr.projector_sets)
             pid, rows = mr.projectors(cell, *by_spec[stats_spec(cell)], "")
             if pid is None or pid in before:
                 continue
