@@ -53,6 +53,7 @@ from cluster.workers import (
     describe_failure,
     evaluate_checkpoint,
     null_space_projectors,
+    projector_distances,
 )
 from eval.rows import METRIC_SKIPPED_RECORDS
 from storage import names
@@ -91,7 +92,8 @@ def require_gpus(num_gpus: float, what: str, executor: Executor) -> None:
 def _for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:
     """An evaluation's rows re-labelled for ``run_id`` (the unedited evaluation is shared)."""
     return {**out, "metrics": [{**r, "run_id": run_id} for r in out["metrics"]],
-            "probes": [{**r, "run_id": run_id} for r in out["probes"]]}
+            "probes": [{**r, "run_id": run_id} for r in out["probes"]],
+            "drift_points": [{**r, "run_id": run_id} for r in out.get("drift_points", [])]}
 
 
 def _timing(run_id: str, stage: str, seconds: float, items: int | None = None, step: int = 0) -> dict[str, Any]:
@@ -125,6 +127,10 @@ class ModelRun:
     projector_id: tuple[str, ...] | None = None
     projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
     unedited: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    # (run id, projector keys, key budget multiplier, (threshold, mode)) of each cell with projectors, and the
+    # budgeted runs whose projector_distance rows are written (FastMEMIT's key budget vs the full corpus)
+    projector_runs: list[tuple[str, dict[int, Any], float | None, tuple[float, str]]] = field(default_factory=list)
+    distances_written: set[str] = field(default_factory=set)
 
     def get(self, ref: Any) -> Any:
         return self.ex.get(ref, timeout=GET_TIMEOUT_S)
@@ -184,6 +190,26 @@ class ModelRun:
             return pid, []
         self.get(self.ex.call(self.writer, "record_artifacts", info["records"]))
         return pid, [_timing(run_id, names.STAGE_PROJECTOR, info["seconds"], len(info["computed"]))]
+
+    def projector_distance_rows(self, cell: RunCell, keys: dict[int, Any], run_id: str) -> list[dict[str, Any]]:
+        """``projector_distance.layer<l>`` rows (dataset projector, edits_done 0) of every budgeted run of this
+        model run whose full-corpus projector (same threshold and mode, same layers) is known by now, once per
+        run; computed by a task from the artifact store (no matrix on the driver)."""
+        hp = cell.hparams()
+        self.projector_runs.append((run_id, keys, hp.key_budget_multiplier, (hp.nullspace_threshold, hp.threshold_mode)))
+        full = {params: k for _, k, mult, params in self.projector_runs if mult is None}
+        rows: list[dict[str, Any]] = []
+        for rid, k, mult, params in self.projector_runs:
+            ref = full.get(params)
+            if mult is None or rid in self.distances_written or ref is None or set(k) != set(ref):
+                continue
+            task = self.ex.task(projector_distances, **placement.projector_options(self.model), max_retries=3)
+            dist = self.get(task(self.store.root, k, ref))  # both sets are in the store (null_space_projectors)
+            rows += [{"run_id": rid, "edits_done": names.UNEDITED_EDITS_DONE, "dataset": names.DATASET_PROJECTOR,
+                      "metric": names.projector_distance_metric(layer), "value": d, "n_cases": None}
+                     for layer, d in sorted(dist.items())]
+            self.distances_written.add(rid)
+        return rows
 
     def editor_for(self, stats: StatsHandle, projector_id: tuple[str, ...] | None = None) -> Any:
         """The model's editor actor: a new one when the statistics change, when the cell needs
@@ -255,6 +281,7 @@ class CellRun:
                     {"run_id": self.run_id, "edits_done": 0, "dataset": names.DATASET_PROJECTOR,
                      "metric": names.kept_fraction_metric(layer), "value": float(kept), "n_cases": None}
                     for layer, kept in sorted(mr.projector_info[projector_id]["kept"].items())])
+                self.write(metrics=mr.projector_distance_rows(self.cell, projector_keys(self.cell, keys), self.run_id))
             self.data = cell_data(self.cell, mr.cfg.on_bad_record)
             if mr.cfg.on_bad_record == "skip":  # how many malformed records the cell's stream skipped
                 self.write(metrics=[{"run_id": self.run_id, "edits_done": 0, "dataset": self.cell.dataset,
@@ -388,7 +415,7 @@ class CellRun:
                 logger.warning("%s: evaluation at %d edits lost (%s); it is redone on resume", self.run_id, p,
                                type(_cause(exc)).__name__)
                 continue
-            self.write(metrics=out["metrics"], probes=out["probes"], timings=[
+            self.write(metrics=out["metrics"], probes=out["probes"], drift_points=out["drift_points"], timings=[
                 _timing(self.run_id, names.STAGE_REWRITE_EVAL, out["timings"]["metrics"], out["n_records"], p),
                 _timing(self.run_id, names.STAGE_PROBE, out["timings"]["probes"], None, p)])
             self.written.add(p)

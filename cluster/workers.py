@@ -123,6 +123,22 @@ def null_space_projectors(stats: StatsArrays, keys: Mapping[int, ProjectorKey], 
     return out, {"computed": missing, "records": records, "kept": kept, "seconds": time.perf_counter() - t0}
 
 
+def projector_distances(store_root: str, budget: Mapping[int, ProjectorKey], full: Mapping[int, ProjectorKey]
+                        ) -> dict[int, float]:
+    """||P_budget - P_full||_F / ||P_full||_F per layer of both, read from the artifact store (FastMEMIT's key
+    budget against the full corpus at one threshold). A layer whose full-corpus P is 0 is left out."""
+    store = ArtifactStore(store_root)
+    out = {}
+    for layer in sorted(set(budget) & set(full)):
+        p_b, p_f = (np.asarray(store.get(keys[layer])["P"], dtype=np.float64) for keys in (budget, full))  # (d_k, d_k)
+        norm = float(np.linalg.norm(p_f))
+        if norm == 0.0:
+            logger.warning("layer %d: the full-corpus projector is 0; no distance", layer)
+            continue
+        out[int(layer)] = float(np.linalg.norm(p_b - p_f)) / norm
+    return out
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 class CellFailed(RuntimeError):
@@ -490,7 +506,7 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
     weights are restored afterwards, so a worker can keep its model loaded across checkpoints.
     """
     from eval.datasets import CounterFactRecord, ZsreRecord, load_attribute_snippets, load_tfidf
-    from eval.suite import EvalPlan, evaluate_edited
+    from eval.suite import EvalPlan, drift_point_rows, evaluate_edited
 
     model, tok = cached_model(model_path, pick_device(num_gpus), dtype)
     if isinstance(deltas, StoredDeltas):
@@ -514,4 +530,5 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
                     "value": row.value, "n_cases": row.n_cases} for row in result.rows]
     probe_rows = [{"run_id": req.run_id, "edits_done": req.edits_done, "task": p.task, "metric": p.metric,
                    "value": p.value} for p in result.probes]
-    return {"metrics": metric_rows, "probes": probe_rows, "timings": result.seconds, "n_records": len(req.records)}
+    return {"metrics": metric_rows, "probes": probe_rows, "timings": result.seconds, "n_records": len(req.records),
+            "drift_points": drift_point_rows(req.run_id, req.edits_done, result.drift_points)}

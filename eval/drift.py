@@ -14,13 +14,16 @@ truncated to ``max_tokens``), on the unedited and on the edited model. Three num
   exactly 0 when nothing moved and never negative) under an RBF kernel whose bandwidth is the median
   pairwise distance of the unedited set; it sees a change of distribution, not a permutation.
 
-:func:`pca_2d` projects both sets on the unedited set's first two principal axes (a deterministic
-stand-in for the paper's t-SNE, which has no fixed axes across checkpoints).
+:func:`pca_basis` fits the unedited set's mean and first two principal axes once, and
+:func:`pca_project` puts any set (the unedited one, each checkpoint's) on that one basis, so points of
+different checkpoints are comparable; :func:`pca_2d` does both. It is a deterministic stand-in for the
+paper's t-SNE, which has no fixed axes across checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,14 +95,35 @@ def mmd2_rbf(x: torch.Tensor, y: torch.Tensor) -> float:
     return max(0.0, float(k(dxx).mean() + k(dyy).mean() - 2 * k(dxy).mean()))
 
 
-def pca_2d(before: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Each set projected on the first two principal axes of ``before`` (centred on its mean), (n, 2) each.
+@dataclass(frozen=True)
+class PcaBasis:
+    """The unedited states' mean (d,) and first two principal axes (2, d), float64."""
+
+    mean: torch.Tensor  # (d,)
+    axes: torch.Tensor  # (2, d), orthonormal rows
+
+
+def pca_basis(before: torch.Tensor) -> PcaBasis:
+    """Mean and first two principal axes of ``before`` (n, d), n >= 2.
 
     The axes' signs are fixed (largest-magnitude loading positive), so the picture is the same run to run.
     """
-    mu = before.double().mean(0)
-    _, _, vt = torch.linalg.svd(before.double() - mu, full_matrices=False)
+    if before.ndim != 2 or before.shape[0] < 2:
+        raise ValueError(f"pca_basis: need an (n, d) set with n >= 2, got {tuple(before.shape)}")
+    h0 = before.double()
+    mu = h0.mean(0)  # (d,)
+    _, _, vt = torch.linalg.svd(h0 - mu, full_matrices=False)
     axes = vt[:2]  # (2, d)
     sign = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))  # (2, 1)
-    axes = axes * sign
-    return [(s.double() - mu) @ axes.T for s in (before, *others)]
+    return PcaBasis(mu, axes * torch.where(sign == 0, torch.ones_like(sign), sign))
+
+
+def pca_project(states: torch.Tensor, basis: PcaBasis) -> torch.Tensor:
+    """(n, 2): ``states`` (n, d) centred on the basis' mean and projected on its axes."""
+    return (states.double() - basis.mean) @ basis.axes.T  # (n, 2)
+
+
+def pca_2d(before: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Each set projected on the first two principal axes of ``before`` (centred on its mean), (n, 2) each."""
+    basis = pca_basis(before)
+    return [pca_project(s, basis) for s in (before, *others)]

@@ -21,7 +21,7 @@ from torch import nn
 
 from alphaedit.editor import check_finite
 from eval.datasets import CounterFactRecord, Snippets, ZsreRecord
-from eval.drift import drift_metrics, hidden_states
+from eval.drift import drift_metrics, hidden_states, pca_basis, pca_project
 from eval.probes import ProbeRow, resolve_tasks, run_probes
 from eval.rewrite import (
     ZsreAnswerTokens,
@@ -54,13 +54,36 @@ class EvalPlan:
     drift_layer: int | None = None  # block whose output is compared (the last edited layer)
 
 
+@dataclass(frozen=True)
+class DriftPoint:
+    """One preserved document's hidden state as a 2-D PCA point (the unedited states' basis, eval.drift)."""
+
+    edited: bool  # False: the unedited model's state (stored at edits_done 0); True: base + deltas
+    doc: int  # index into the plan's drift_texts
+    x: float
+    y: float
+
+
 @dataclass
 class Evaluation:
-    """Rows of one evaluation and where its time went (``seconds``: metrics, probes)."""
+    """Rows of one evaluation and where its time went (``seconds``: metrics, probes); ``drift_points``:
+    the unedited and the edited states of the drift documents on one PCA basis (empty without drift)."""
 
     rows: list[MetricRow]
     probes: list[ProbeRow]
     seconds: dict[str, float] = field(default_factory=dict)
+    drift_points: list[DriftPoint] = field(default_factory=list)
+
+
+def drift_point_list(before: torch.Tensor, after: torch.Tensor) -> list[DriftPoint]:
+    """The unedited (``before``) and edited (``after``) states, (n, d) each, as PCA points on the basis
+    fitted on ``before`` alone, so points of every checkpoint are comparable."""
+    basis = pca_basis(before)
+    out = []
+    for edited, states in ((False, before), (True, after)):
+        xy = pca_project(states, basis)  # (n, 2)
+        out += [DriftPoint(edited, i, float(x), float(y)) for i, (x, y) in enumerate(xy.tolist())]
+    return out
 
 
 def generation_rows(model: nn.Module, tokenizer, records: Sequence[CounterFactRecord], plan: EvalPlan) -> list[MetricRow]:
@@ -109,13 +132,23 @@ def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
     if drift and plan.drift_layer is None:
         raise ValueError("evaluate_edited: drift_texts need a drift_layer (the last edited layer)")
     before = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer) if drift else None
+    points: list[DriftPoint] = []
     with edited_weights(model, deltas):
         rows = rewrite_rows(model, tokenizer, plan)
         if before is not None:
             after = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer)
             rows += [MetricRow(names.DATASET_PRESERVED, metric, value, len(plan.drift_texts))
                      for metric, value in drift_metrics(before, after).items()]
+            points = drift_point_list(before, after)
         t_metrics = time.perf_counter() - t0
         probes = run_probes(model, tokenizer, resolve_tasks(list(plan.probe_tasks)), limit=plan.probe_limit,
                             batch_size=plan.probe_batch_size) if plan.probe_tasks else []
-    return Evaluation(rows, probes, {"metrics": t_metrics, "probes": time.perf_counter() - t0 - t_metrics})
+    return Evaluation(rows, probes, {"metrics": t_metrics, "probes": time.perf_counter() - t0 - t_metrics}, points)
+
+
+def drift_point_rows(run_id: str, edits_done: int, points: Sequence[DriftPoint]) -> list[dict[str, Any]]:
+    """``drift_points`` rows of one evaluation at ``edits_done``: the edited states under ``edits_done``,
+    the unedited ones under 0 (the same values at every checkpoint, so rewriting them is idempotent)."""
+    return [{"run_id": run_id, "edits_done": int(edits_done) if p.edited else names.UNEDITED_EDITS_DONE,
+             "doc": p.doc, "x": p.x, "y": p.y}
+            for p in points if not (p.edited and edits_done == names.UNEDITED_EDITS_DONE)]

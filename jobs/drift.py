@@ -7,7 +7,8 @@ results file whose checkpoint is in the artifact store is evaluated again throug
 entry point (:func:`eval.suite.evaluate_edited`, a plan of drift only: the first ``--prompts``
 preservation-corpus documents at the run's last edited layer), and the ``drift_*`` rows (dataset
 ``preserved``) are written through the results file's writer, beside the rows already there (the
-unedited model's at ``edits_done = 0``). The file must not be held by a running sweep. Exit status 0,
+unedited model's at ``edits_done = 0``), with the 2-D PCA points of the same states (table ``drift_points``,
+on the unedited states' basis: the report's Fig. 5 scatter). The file must not be held by a running sweep. Exit status 0,
 1 when a run's checkpoint or model is missing (the rows of the others are written), 2 on bad input.
 """
 
@@ -20,17 +21,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from eval.cli import add_log_level, cli_edge
+
 logger = logging.getLogger("jobs.drift")
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.drift", description=__doc__.splitlines()[0])
     p.add_argument("--db", type=Path, required=True, help="results file (.duckdb) of the sweep")
     p.add_argument("--artifact-root", type=Path, default=Path("results/artifacts"),
                    help="the sweep's artifact store (default results/artifacts)")
     p.add_argument("--prompts", type=int, default=200, help="preservation documents compared (default 200)")
+    add_log_level(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.prompts < 2:
         print("error: --prompts must be at least 2 (a spread needs two documents)", file=sys.stderr)
         return 2
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import ModelConfig
     from cluster.keys import corpus_spec
     from cluster.workers import StoredDeltas, drift_texts
-    from eval.suite import EvalPlan, evaluate_edited
+    from eval.suite import EvalPlan, drift_point_rows, evaluate_edited
     from storage.writer import ResultWriter
 
     writer = ResultWriter(args.db)
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             model, tok = loaded[path]
             texts = drift_texts(replace(corpus_spec(model_cfg, args.prompts), sample="first"))
             plan = EvalPlan(dataset=dataset, records=(), drift_texts=texts, drift_layer=hp.layers[-1])
-            rows = []
+            rows, points = [], []
             for edits_done in pts.get(run_id, []):
                 try:
                     deltas = {} if edits_done == 0 else {
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = evaluate_edited(model, tok, plan, deltas)
                 rows += [{"run_id": run_id, "edits_done": int(edits_done), "dataset": r.dataset, "metric": r.metric,
                           "value": r.value, "n_cases": r.n_cases} for r in result.rows]
-            writer.write(metrics=rows)
+                points += drift_point_rows(run_id, int(edits_done), result.drift_points)
+            writer.write(metrics=rows, drift_points=points)
             logger.info("%s: drift at %s edits", run_id, pts.get(run_id, []))
     finally:
         writer.close()

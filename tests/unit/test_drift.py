@@ -65,3 +65,29 @@ def test_hidden_states_follow_a_weight_change() -> None:
         model.model.layers[0].mlp.down_proj.weight.add_(0.05)  # below: drift
     d = drift_metrics(h0, hidden_states(model, tok, prompts, layer=1))
     assert d["drift_displacement"] > 0.01
+
+
+def test_pca_basis_is_fitted_on_the_unedited_set_only_and_shared_by_every_checkpoint() -> None:
+    from eval.drift import pca_basis, pca_project
+    from eval.suite import drift_point_list, drift_point_rows
+
+    g = torch.Generator().manual_seed(3)
+    h0 = torch.randn(40, 5, generator=g, dtype=torch.float64) * torch.tensor([4.0, 2.0, 1, 1, 1], dtype=torch.float64)
+    basis = pca_basis(h0)
+    assert basis.axes.shape == (2, 5) and torch.allclose(basis.axes @ basis.axes.T, torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(basis.mean, h0.mean(0))
+    shift = torch.tensor([3.0, -1.0, 0, 0, 0], dtype=torch.float64)
+    assert torch.allclose(pca_project(h0 + shift, basis) - pca_project(h0, basis), (shift @ basis.axes.T).expand(40, 2))
+    # A checkpoint's states do not move the basis: a far-away edited set projects with the unedited mean/axes.
+    far = h0 * 10.0 + 100.0
+    points = drift_point_list(h0, far)
+    assert len(points) == 80 and [p.edited for p in points] == [False] * 40 + [True] * 40
+    edited = torch.tensor([[p.x, p.y] for p in points if p.edited], dtype=torch.float64)
+    assert torch.allclose(edited, pca_project(far, basis))
+    assert torch.allclose(edited, pca_2d(h0, far)[1])
+    # Rows: edited states under edits_done, unedited ones under 0; at edits_done 0 only the unedited set.
+    rows = drift_point_rows("r", 20, points)
+    assert sorted({r["edits_done"] for r in rows}) == [0, 20] and len(rows) == 80
+    assert len(drift_point_rows("r", 0, drift_point_list(h0, h0))) == 40
+    with pytest.raises(ValueError, match="n >= 2"):
+        pca_basis(torch.zeros(1, 5))

@@ -203,6 +203,7 @@ def test_drift_rows_at_every_evaluation_point(tmp_path: Path) -> None:
         rows = _q(ex, writer, "SELECT edits_done, metric, value, n_cases FROM metrics WHERE dataset = 'preserved' "
                               "ORDER BY edits_done, metric")
         kept = _q(ex, writer, "SELECT metric, value FROM metrics WHERE dataset = 'projector' AND edits_done = 0")
+        points = _q(ex, writer, "SELECT edits_done, doc, x, y FROM drift_points ORDER BY edits_done, doc")
     finally:
         ex.get(ex.call(writer, "close"))
     got = {(int(e), m): (v, n) for e, m, v, n in rows.iter_rows()}
@@ -212,6 +213,14 @@ def test_drift_rows_at_every_evaluation_point(tmp_path: Path) -> None:
     layers = cfg.cells().__next__().hparams().layers
     assert sorted(kept["metric"].to_list()) == sorted(f"kept_fraction.layer{la}" for la in layers)
     assert all(0.0 < v < 1.0 for v in kept["value"].to_list())
+    # Fig. 5's scatter: every document at every point, on the unedited states' PCA basis (centred there).
+    by_point = {int(e): pts for (e,), pts in points.group_by("edits_done")}
+    assert sorted(by_point) == [0, 10, 20] and all(p.height == 12 for p in by_point.values())
+    assert by_point[0]["doc"].to_list() == list(range(12))
+    assert abs(by_point[0]["x"].mean()) < 1e-6 and abs(by_point[0]["y"].mean()) < 1e-6
+    assert by_point[0]["x"].var() >= by_point[0]["y"].var() > 0.0  # the first axis has the larger spread
+    moved = ((by_point[20]["x"] - by_point[0]["x"]) ** 2 + (by_point[20]["y"] - by_point[0]["y"]) ** 2).sqrt()
+    assert moved.max() > 0.0
 
 
 def test_new_metric_fields_keep_existing_sweep_ids(tmp_path: Path) -> None:
@@ -247,7 +256,31 @@ def test_post_hoc_drift_equals_the_sweeps_own(tmp_path: Path) -> None:
         con = duckdb.connect(str(tmp_path / name / "r.duckdb"), read_only=True)
         rows[name] = con.execute("SELECT edits_done, metric, value FROM metrics WHERE dataset = 'preserved' "
                                  "ORDER BY ALL").fetchall()
+        rows[name + "-points"] = con.execute("SELECT edits_done, doc, x, y FROM drift_points ORDER BY ALL").fetchall()
         con.close()
     assert len(rows["post"]) == 9 and [r[:2] for r in rows["post"]] == [r[:2] for r in rows["inline"]]
     for (_, m, a), (_, _, b) in zip(rows["post"], rows["inline"], strict=True):
         assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), m
+    post, inline = rows["post-points"], rows["inline-points"]
+    assert len(post) == 36 and [r[:2] for r in post] == [r[:2] for r in inline]
+    assert max(abs(a - b) for p, q in zip(post, inline, strict=True) for a, b in zip(p[2:], q[2:], strict=True)) < 1e-6
+
+
+def test_key_budget_cells_get_the_projector_distance_to_the_full_corpus(tmp_path: Path) -> None:
+    """FastMEMIT's budget: a budgeted cell and a full-corpus cell at one threshold -> projector_distance rows."""
+    cfg = _config(tmp_path, "n_edits=[10]", "methods=[alphaedit]", "probes.tasks=[]",
+                  "hparams_overrides=[{mom2_n_samples: 100, v_num_grad_steps: 5, key_budget_multiplier: 1.0}, "
+                  "{mom2_n_samples: 100, v_num_grad_steps: 5}]")
+    ex = LocalExecutor()
+    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
+    try:
+        statuses = run_sweep(cfg, "budget", writer, ArtifactStore(tmp_path / "artifacts"), None, executor=ex)
+        dist = _q(ex, writer, "SELECT run_id, metric, value, unit FROM v_metrics WHERE dataset = 'projector' "
+                              "AND metric LIKE 'projector_distance.%' ORDER BY run_id, metric")
+    finally:
+        ex.get(ex.call(writer, "close"))
+    assert sorted(statuses.values()) == ["finished", "finished"]
+    layers = next(cfg.cells()).hparams().layers
+    assert set(dist["run_id"].to_list()) == {rid for rid in statuses if rid.endswith("-h0")}  # the budgeted one only
+    assert dist["metric"].to_list() == [f"projector_distance.layer{la}" for la in sorted(layers)]
+    assert all(0.0 < v < 2.0 for v in dist["value"].to_list()) and set(dist["unit"].to_list()) == {"ratio"}
