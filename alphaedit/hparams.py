@@ -91,7 +91,9 @@ class EditHparams:
     solve_dtype: Literal["float32", "float64"] = "float64"  # MEMIT's code solves in fp64, AlphaEdit's in fp32
     # --- key statistics --------------------------------------------------------------------------
     mom2_n_samples: Annotated[int, Range(ge=1)] = 100_000  # number of corpus documents (the reference counts articles)
-    mom2_max_length: Annotated[int, Range(ge=1)] = 1024  # tokens per document (truncation); reference: model context
+    # Tokens per document (truncation). None: the model's context (n_positions / max_position_embeddings),
+    # as the reference's layer_stats; a preset may cap it (memory).
+    mom2_max_length: Annotated[int, Range(ge=1)] | None = None
     mom2_batch_size: Annotated[int, Range(ge=1)] = 16  # documents per forward pass
     key_budget_multiplier: Annotated[float, Range(gt=0)] | None = None  # FastMEMIT: stop after multiplier * d_k keys
     # --- batching of the prompt forwards ---------------------------------------------------------
@@ -191,8 +193,9 @@ PRESETS: dict[str, EditHparams] = {
     ),
     "llama3-8b": EditHparams(
         layers=(4, 5, 6, 7, 8), v_num_grad_steps=25, v_lr=0.1, mom2_update_weight=15000.0,
-        mom2_max_length=4096,  # the reference uses 8192; 4096 avoids the known OOM (issue #3)
-        mom2_batch_size=4,
+        # mom2_max_length None: the model's context (8192), as the reference; set 4096 (the 2026
+        # refactor's cap) where the statistics run out of memory (AlphaEdit issue #3).
+        mom2_max_length=None, mom2_batch_size=4,
     ),
     # The embedded real model, SmolLM2-135M(-Instruct) (eval/realworld; 30 Llama blocks, d_model 576,
     # d_k 1536), chosen by measurement on the real facts (README "The real world"):

@@ -180,6 +180,21 @@ def model_dim(model: nn.Module, spec: ModelSpec, layer: int) -> int:
     return int(weight.shape[0] if spec.weight_layout == "out_in" else weight.shape[1])
 
 
+def context_length(model: nn.Module | Any, default: int = 2048) -> int:
+    """The model's context in tokens (``n_positions`` / ``max_position_embeddings`` of its config).
+
+    The reference truncates each statistics document at this length (layer_stats' maxlen); a config
+    that names neither gets ``default`` (logged).
+    """
+    cfg = getattr(model, "config", model)
+    for attr in ("n_positions", "max_position_embeddings", "max_sequence_length"):
+        value = getattr(cfg, attr, None)
+        if value:
+            return int(value)
+    logger.warning("model config names no context length; using %d tokens", default)
+    return default
+
+
 def to_weight_layout(delta: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """Δ in the math orientation (d_model x d_k, acting on keys) -> the stored weight's shape."""
     return delta if spec.weight_layout == "out_in" else delta.T

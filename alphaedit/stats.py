@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alphaedit.hooks import capture, cast_parameters, run_until_stopped
-from alphaedit.models import ModelSpec, key_dim
+from alphaedit.models import ModelSpec, context_length, key_dim
 from alphaedit.tokens import encode, model_device, pad_id, right_pad
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def compute_key_stats(
     spec: ModelSpec,
     layers: Sequence[int],
     *,
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int = 16,
     max_keys: int | None = None,
     accumulate_on: torch.device | str | None = "cpu",
@@ -151,7 +151,8 @@ def compute_key_stats(
     """Σ k kᵀ and the key count of every layer in ``layers`` over ``texts``, in one pass per batch.
 
     Each text is tokenized (special tokens included, e.g. Llama's BOS), truncated to
-    ``max_length``, right-padded in batches of ``batch_size``; padding positions are dropped.
+    ``max_length`` (None: the model's context, as the reference), right-padded in batches of
+    ``batch_size``; padding positions are dropped.
     ``max_keys`` (FastMEMIT budget) stops after exactly that many keys per layer, in corpus order.
     ``accumulate_on``: device of the fp64 sums (None = the model's device). ``product_dtype``: dtype of
     each chunk's kᵀk before it is added to the fp64 sum (see :meth:`SecondMoment.add`).
@@ -161,6 +162,8 @@ def compute_key_stats(
     layers = sorted(set(int(x) for x in layers))
     if not layers:
         raise ValueError("compute_key_stats: no layers given")
+    if max_length is None:
+        max_length = context_length(model)
     device = model_device(model)
     acc_device = device if accumulate_on is None else torch.device(accumulate_on)
     stats = {layer: SecondMoment.zeros(key_dim(model, spec, layer), acc_device, product_dtype) for layer in layers}

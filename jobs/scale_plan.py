@@ -26,7 +26,10 @@ class Shape:
     vocab: int
     kv_dim: int  # width of K and V projections (GQA: n_kv_heads x head_dim)
     layers: tuple[int, ...]  # edited layers (the presets)
-    max_length: int  # mom2_max_length of the preset
+    # Statistics tokens per document the plan assumes (an upper bound: every article that long). Llama-3:
+    # 4096, the 2026 refactor's cap; its preset now follows the reference (the 8192 context), which
+    # at most doubles the statistics' token count and time of this plan.
+    max_length: int
     gated: bool  # SwiGLU MLP (3 matrices) or GELU (2)
     tied: bool  # embedding tied to the LM head
 

@@ -107,7 +107,7 @@ class KeyStatsKey(ArtifactKey):
 
     ``revision``: the model's commit hash (or a content hash of local weights); ``corpus``: a
     spec naming dataset, config and split (e.g. ``wikimedia/wikipedia:20231101.en:train``);
-    ``n_samples``: corpus texts used; ``max_length``: tokens per text; ``dtype``: dtype the keys
+    ``n_samples``: corpus texts used; ``max_length``: tokens per text (None: the model's context); ``dtype``: dtype the keys
     were accumulated in; ``key_budget``: cap on the number of keys (FastMEMIT), None for all.
     """
 
@@ -117,7 +117,7 @@ class KeyStatsKey(ArtifactKey):
     module: str
     corpus: str
     n_samples: int
-    max_length: int
+    max_length: int | None  # None: the model's context
     dtype: str
     key_budget: int | None = None
 

@@ -84,6 +84,25 @@ def test_truncation(setup):
     assert stats[1].count == 50
 
 
+def test_default_truncation_is_the_model_context(setup):
+    """max_length None (the default, as the reference's layer_stats): each document is cut at the
+    model's n_positions / max_position_embeddings."""
+    from alphaedit.hparams import EditHparams
+    from alphaedit.models import context_length
+
+    model, tok, spec, texts = setup
+    assert EditHparams(layers=LAYERS).mom2_max_length is None
+    n_positions = model.config.n_positions
+    try:
+        model.config.n_positions = 5
+        assert context_length(model) == 5
+        cut = compute_key_stats(model, tok, texts[:10], spec, [1], batch_size=4)
+    finally:
+        model.config.n_positions = n_positions
+    assert cut[1].count == 50  # every synthetic text is longer than 5 tokens
+    _close(cut, compute_key_stats(model, tok, texts[:10], spec, [1], max_length=5, batch_size=4))
+
+
 def test_save_load_roundtrip(setup, tmp_path):
     model, tok, spec, texts = setup
     stats = compute_key_stats(model, tok, texts[:10], spec, LAYERS, max_length=64)
