@@ -75,6 +75,44 @@ class TargetResult:
     nll: torch.Tensor  # (u,) final NLL term
     steps: torch.Tensor  # (u,) Adam updates taken by each request
     most_probable: torch.Tensor | None = None  # (u,) bool: every target token argmax at the last evaluation
+    initial_loss: torch.Tensor | None = None  # (u,) loss at step 0 (δ = 0)
+
+
+class StuckTargetError(FloatingPointError):
+    """A request's target loss did not fall during the z optimisation and its target is not reached:
+    the edit would not move the model towards it (e.g. ``v_lr`` far too small)."""
+
+
+def stuck_requests(result: TargetResult, hparams: EditHparams) -> list[int]:
+    """Indices of the requests whose optimisation took at least one Adam update, ended with a loss not
+    below its step-0 loss, and did not reach the target: the final loss is not below
+    ``v_early_stop_loss`` and not every target token is the argmax. A request whose loss starts below
+    the threshold stops at step 0 with no update; one the model already answers (every target token
+    the argmax, whose tiny loss Adam's first steps may raise: KL and weight decay) is reached too."""
+    if result.initial_loss is None:
+        return []
+    reached = result.loss < hparams.v_early_stop_loss  # (u,)
+    if result.most_probable is not None:
+        reached = reached | result.most_probable
+    stuck = (result.steps > 0) & ~reached & ~(result.loss < result.initial_loss)  # NaN loss counts as stuck
+    return stuck.nonzero()[:, 0].tolist()
+
+
+def check_targets_moved(result: TargetResult, requests: Sequence[EditRequest], hparams: EditHparams) -> None:
+    """Raise :class:`StuckTargetError` naming the requests of :func:`stuck_requests` and the
+    hyper-parameters that drive the optimisation."""
+    stuck = stuck_requests(result, hparams)
+    if not stuck:
+        return
+    named = ", ".join(f"case_id={requests[i].case_id!r} (loss {float(result.initial_loss[i]):.4g} -> "
+                      f"{float(result.loss[i]):.4g} after {int(result.steps[i])} steps)" for i in stuck[:5])
+    more = f" and {len(stuck) - 5} more" if len(stuck) > 5 else ""
+    raise StuckTargetError(
+        f"the target loss did not fall for {len(stuck)} of {len(requests)} request(s): {named}{more}; the target "
+        f"(loss < v_early_stop_loss={hparams.v_early_stop_loss:g}, or the target the argmax) is not reached. Check v_lr={hparams.v_lr:g} and "
+        f"v_num_grad_steps={hparams.v_num_grad_steps} (and clamp_norm_factor={hparams.clamp_norm_factor:g}); "
+        "nothing was applied to the model."
+    )
 
 
 @contextlib.contextmanager
@@ -354,7 +392,7 @@ def compute_targets(
                                    u, d_model, dtype, device, history)
     finally:
         model.train(was_training)
-    delta, loss, nll, steps, most_probable = result
+    delta, loss, nll, steps, most_probable, loss0 = result
     z = h0 + delta
     logger.info(
         "targets z: %d requests, %d row groups, %s, mean final loss %.4f (nll %.4f), mean steps %.1f, "
@@ -362,7 +400,9 @@ def compute_targets(
         u, len(groups), hparams.v_dtype, float(loss.mean()), float(nll.mean()), float(steps.float().mean()),
         int(most_probable.sum()), u, float((delta.norm(dim=-1) / h0.norm(dim=-1)).mean()),
     )
-    return TargetResult(z=z, h0=h0, loss=loss, nll=nll, steps=steps, most_probable=most_probable)
+    out = TargetResult(z=z, h0=h0, loss=loss, nll=nll, steps=steps, most_probable=most_probable, initial_loss=loss0)
+    check_targets_moved(out, requests, hparams)
+    return out
 
 
 def _build_groups(model, spec, layer, rows, row_req, start, end, labels, n_kl_first, clean, clean_is_tuple,
@@ -448,6 +488,7 @@ def _optimize(model, spec, layer, hparams: EditHparams, groups: list[_Group], be
     loss = torch.zeros(u, device=device, dtype=torch.float32)
     nll_all = torch.zeros(u, device=device, dtype=torch.float32)
     most_probable = torch.zeros(u, dtype=torch.bool, device=device)
+    loss0: torch.Tensor | None = None  # (u,) loss at step 0
     log_p0: torch.Tensor | None = None  # (u, V) KL anchor, recorded at step 0 (every request active)
     head = _NllHead(model, spec, dtype)
     for it in range(hparams.v_num_grad_steps):
@@ -483,6 +524,8 @@ def _optimize(model, spec, layer, hparams: EditHparams, groups: list[_Group], be
         wd = hparams.v_weight_decay * delta.norm(dim=-1) / h0.norm(dim=-1) ** 2  # (u,)
         step_loss = nll + hparams.kl_factor * kl_term + wd  # (u,), meaningful for active requests
         loss = torch.where(active, step_loss.detach(), loss)
+        if loss0 is None:
+            loss0 = loss.clone()  # step 0: every request active, δ = 0
         nll_all = torch.where(active, nll.detach(), nll_all)
         most_probable = torch.where(active, wrong == 0, most_probable)
         if history is not None:
@@ -504,4 +547,4 @@ def _optimize(model, spec, layer, hparams: EditHparams, groups: list[_Group], be
             delta.mul_(scale)
             delta[done] = frozen
         steps += (~done).long()
-    return delta.detach(), loss, nll_all, steps, most_probable
+    return delta.detach(), loss, nll_all, steps, most_probable, loss0

@@ -25,6 +25,7 @@ import yaml
 from alphaedit.fields import NonEmpty, Range, from_raw
 from alphaedit.hparams import METHODS, PRESETS, EditHparams, HparamsError, hparams_for
 from cluster.placement import TaskPlacement
+from eval.errors import ExpectedError
 from storage.hashing import config_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ PositiveInt = Annotated[int, Range(ge=1)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(ExpectedError, ValueError):
     """A sweep config is invalid; ``problems`` lists every problem found."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ from cluster.config import (
     SweepConfig,
 )
 from cluster.placement import TaskPlacement
+from eval.cli import add_log_level, cli_edge
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -223,9 +224,11 @@ def config_reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 when docs/config.md differs from the dataclasses")
+    add_log_level(p, "warning")
     args = p.parse_args(argv)
     page = config_reference()
     if args.check:

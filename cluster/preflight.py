@@ -12,6 +12,7 @@ loaded but configs and JSON lists (no weights).
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -270,3 +271,11 @@ def preflight(cfg: SweepConfig, source: str = "<config>", outputs: bool = True) 
         raise SweepConfigError(source, problems)
     logger.info("preflight: %d model(s), datasets %s, probes %s: ok", len(cfg.models), list(cfg.datasets),
                 list(cfg.probes.tasks))
+
+
+def add_on_bad_record(parser: argparse.ArgumentParser) -> None:
+    """``--on-bad-record fail|skip`` (the config's ``on_bad_record``) for a config-driven command line."""
+    parser.add_argument("--on-bad-record", choices=["fail", "skip"], default=None,
+                        help="a malformed dataset record: fail before any work starts, listing every one (the "
+                             "config's default), or skip it and count it (metric skipped_records); same as --set "
+                             "on_bad_record=...")

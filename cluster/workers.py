@@ -32,6 +32,7 @@ from alphaedit.editor import NonFiniteError, NullUpdateError, check_finite
 from alphaedit.models import load_model
 from alphaedit.state import EditState, restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
+from alphaedit.targets import StuckTargetError
 from storage.artifacts import (
     ArtifactCorruptError,
     ArtifactError,
@@ -157,7 +158,7 @@ def describe_failure(exc: BaseException, where: str) -> str:
                 "editor a larger GPU (models.N.num_gpus); the cell's earlier checkpoints and rows are kept.")
     if isinstance(exc, NonFiniteError):
         return f"non-finite values {where} ({cause})"
-    if isinstance(exc, NullUpdateError):
+    if isinstance(exc, NullUpdateError | StuckTargetError):
         return f"an update that changes nothing {where} ({cause})"
     if isinstance(exc, ArtifactCorruptError):
         return f"corrupt artifact {where} ({cause})"
@@ -412,7 +413,8 @@ class EditorWorker:
             self.reports.append(out)
             if report.n_edits_total in self.cell.checkpoint_at:
                 out["checkpoint"] = self._checkpoint()
-        except (torch.OutOfMemoryError, MemoryError, NonFiniteError, NullUpdateError, OSError, ArtifactError) as exc:
+        except (torch.OutOfMemoryError, MemoryError, NonFiniteError, NullUpdateError, StuckTargetError, OSError,
+                ArtifactError) as exc:
             self._failed = describe_failure(exc, where)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from eval.errors import ExpectedError
+
 logger = logging.getLogger(__name__)
 
 CorpusKind = Literal["wikipedia", "wikitext", "files", "toywiki", "realworld"]
@@ -41,7 +43,7 @@ WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKITEXT_DATASET = "Salesforce/wikitext"
 
 
-class CorpusUnavailableError(RuntimeError):
+class CorpusUnavailableError(ExpectedError, RuntimeError):
     """The corpus cannot be read (offline hub, missing files); the message says how to fix it."""
 
 

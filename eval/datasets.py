@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from alphaedit.requests import EditRequest, InvalidRequestError
+from eval.errors import ExpectedError
 from eval.rows import METRIC_SKIPPED_RECORDS, MetricRow
 from eval.schemas import attribute_snippets_problems, counterfact_problems, zsre_problems
 
@@ -49,7 +50,7 @@ OnError = Literal["raise", "skip"]
 T = TypeVar("T")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ExpectedError, ValueError):
     """A record is malformed; the message names the file, the case id and the field."""
 
 

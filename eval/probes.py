@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from eval.errors import ExpectedError
+
 logger = logging.getLogger(__name__)
 
 #: The reference's general-capability tasks by their lm-eval names ("NLI" -> mnli or qnli).
@@ -32,7 +34,7 @@ REAL_TASKS: tuple[str, ...] = ("real_knowledge", "real_grammar", "real_arithmeti
 LOCAL_TASKS: tuple[str, ...] = TOY_TASKS + REAL_TASKS
 
 
-class ProbeUnavailableError(RuntimeError):
+class ProbeUnavailableError(ExpectedError, RuntimeError):
     """lm-eval could not load a task (unknown name, or its dataset is not cached offline)."""
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from alphaedit.prompts import request_prompts, subject_prompts
 from alphaedit.state import apply_deltas, restore_weights, snapshot_weights
 from alphaedit.templates import flat_templates, sample_context_templates
 from alphaedit.tokens import encode, pad_id, right_pad
+from eval.cli import add_log_level, cli_edge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,7 @@ class Timer:
         self.s = time.perf_counter() - self.t0
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder or HF id (default: the toy world's model)")
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: stats,targets,quality,eval")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_log_level(p, "warning")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))

@@ -45,6 +45,8 @@ from cluster.config import (
     apply_override,
     parse_config,
 )
+from cluster.preflight import add_on_bad_record
+from eval.cli import add_log_level, cli_edge
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("jobs.edit")
@@ -74,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: runs/edit-<method>-<n>-<bs>)")
     p.add_argument("--artifacts", default=None, help="artifact store (key statistics, projectors, checkpoints); "
                    "default: the config's artifact_root")
-    p.add_argument("--log-level", default="INFO")
+    add_on_bad_record(p)
+    add_log_level(p)
     return p.parse_args(argv)
 
 
@@ -133,6 +136,8 @@ def cell_config(args: argparse.Namespace, out: Path) -> SweepConfig:
         "stats_shards": 1, "results": str(out / "results.duckdb"),
         "artifact_root": args.artifacts or base.get("artifact_root", SweepConfig.artifact_root),
     }
+    if args.on_bad_record:
+        raw["on_bad_record"] = args.on_bad_record
     for assignment in args.overrides:
         apply_override(raw, assignment)
     cfg = parse_config(raw, f"{path} + options")
@@ -211,9 +216,9 @@ def run(cfg: SweepConfig, build: Path) -> tuple[str, str | None]:
         ex.get(ex.call(writer, "close"))
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out) if args.out else REPO / "runs" / f"edit-{args.method}-{args.n_edits}-{args.batch_size}"
     build = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

@@ -26,6 +26,7 @@ from typing import Any
 from alphaedit.editor import NonFiniteError
 from alphaedit.models import load_model, resolve_device
 from eval import datasets as ds
+from eval.cli import add_log_level, cli_edge
 from eval.edited import read_checkpoint
 from eval.probes import TOY_TASKS
 from eval.suite import EvalPlan, evaluate_edited
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write all rows (and timings) to this JSON file")
     p.add_argument("--zsre-to-counterfact", nargs=2, metavar=("ZSRE_JSON", "OUT_JSON"),
                    help="convert zsRE records into CounterFact-layout edit requests for jobs/edit.py, then exit")
-    p.add_argument("--log-level", default="WARNING")
+    add_log_level(p, "warning")
     return p.parse_args(argv)
 
 
@@ -100,9 +101,9 @@ def print_table(title: str, pre: dict[str, float] | None, post: dict[str, float]
         print(f"{key:<34}{before}{value:10.2f}{n[key]:7d}")
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.zsre_to_counterfact:
         return convert_zsre(*args.zsre_to_counterfact)
     if not args.checkpoint:

@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from cluster.config import SweepConfig, SweepConfigError, load_config
+from eval.cli import add_log_level, cli_edge
 from storage import nightly as nl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-dir", default=None,
                    help="where to write the HTML report (default: <results dir>/reports/<sweep id>)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    add_log_level(p)
     return p.parse_args(argv)
 
 
@@ -122,9 +124,9 @@ def write_report(results: str, out_dir: Path, sweep_id: str, preface_html: str) 
         return None
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     night = args.date or datetime.now(UTC).date()
     sweep_id = args.sweep_id or f"nightly-{night.isoformat()}"
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from eval.cli import add_log_level, cli_edge
 from storage import names
 from storage.report import write_report
 from storage.report.core import default_out_dir
@@ -37,14 +38,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep", default=None, help="only the runs of this sweep id (default: all runs)")
     p.add_argument("--out", default=None, help="output folder; index.html is written there (may exist; default: "
                    "report-<sweep id or 'all'> beside the results file)")
+    add_log_level(p)
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(default_out_dir(args.db, args.sweep))
     return args
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         index = write_report(args.db, args.out, sweep_id=args.sweep)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import RunCell, SweepConfig
+from eval.cli import cli_edge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +53,9 @@ def stats_cells(cfg: SweepConfig) -> list[RunCell]:
     return out
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from jobs.sweep import checked_config, ray_outputs
 
     cfg = checked_config(args)

@@ -38,6 +38,8 @@ from typing import Any
 
 from cluster.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG
 from cluster.config import SweepConfig, SweepConfigError, load_config
+from cluster.preflight import add_on_bad_record
+from eval.cli import add_log_level, cli_edge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +55,8 @@ def config_parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray; 'local' "
                    "always starts a new local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-    p.add_argument("--on-bad-record", choices=["fail", "skip"], default=None,
-                   help="a malformed dataset record: fail before any work starts, listing every one (the config's "
-                        "default), or skip it and count it (metric skipped_records); same as --set on_bad_record=...")
+    add_on_bad_record(p)
+    add_log_level(p)
     return p
 
 
@@ -229,9 +230,9 @@ def resume_problem(cfg: SweepConfig, sweep_id: str, allow_new_cells: bool = Fals
     return f"--resume {sweep_id}: this config differs from the sweep's ({'; '.join(parts)}); {fix}"
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = checked_config(args)
     if cfg is None:
         return 2

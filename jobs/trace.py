@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from alphaedit.models import load_model, spec_for
 from alphaedit.trace import embedding_noise_std, trace_fact
+from eval.cli import add_log_level, cli_edge
 
 
 def subject_span(tok, prompt: str, subject: str) -> tuple[list[int], tuple[int, int]]:
@@ -39,6 +39,7 @@ def subject_span(tok, prompt: str, subject: str) -> tuple[list[int], tuple[int, 
     return sp.ids, (min(start, sp.lookup), sp.lookup + 1)
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     from eval.realworld.paths import COUNTERFACT, require_model
 
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-scale", type=float, default=3.0)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default="results/trace.json")
+    add_log_level(p, "warning")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     model, tok = load_model(args.model or str(require_model()), dtype=args.dtype)
     spec = spec_for(model)
     std = args.noise_scale * embedding_noise_std(model)

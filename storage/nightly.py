@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import yaml
 
+from eval.errors import ExpectedError
 from storage import names
 from storage import sql as sqlh
 from storage.names import CheckStatus, NightlyStatus
@@ -50,7 +51,7 @@ THRESHOLDS_SOURCE = "thresholds"  # nightly_checks.baseline_source of a pinned b
 METRIC_SECONDS_PER_EDIT = "seconds_per_edit"
 
 
-class ThresholdsError(ValueError):
+class ThresholdsError(ExpectedError, ValueError):
     """A thresholds file is invalid; the message lists every problem."""
 
 

@@ -14,13 +14,13 @@ the same way on a snapshot. Exit status 0 on success, 1 when the query fails, 2 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 import polars as pl
 
+from eval.cli import add_log_level, cli_edge
 from storage import live, names, queries
 from storage.reader import ResultsReader
 from storage.schema import SchemaVersionError
@@ -64,16 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="Ray address of the sweep that holds --db, for a live query (default: RAY_ADDRESS, else the "
                         "address the sweep publishes in <db>.live.json)")
+    add_log_level(p, "warning")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", type=Path, help="write the result to this CSV file instead of printing it")
     out.add_argument("--parquet", type=Path, help="write the result to this Parquet file instead of printing it")
     return p
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.list:
         print(_list())
         return 0

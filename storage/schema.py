@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from eval.errors import ExpectedError
 from storage import names
 
 log = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 
 
-class SchemaVersionError(RuntimeError):
+class SchemaVersionError(ExpectedError, RuntimeError):
     """The results file has a schema version this code cannot use."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from eval.errors import ExpectedError
 from storage import names
 from storage import queries as canned_queries
 from storage.views import VIEWS
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 _ALLOWED_TYPES = ("SELECT", "EXPLAIN")
 
 
-class QueryRejectedError(ValueError):
+class QueryRejectedError(ExpectedError, ValueError):
     """SQL given to a read-only query contains something other than SELECT statements."""
 
 
@@ -54,7 +55,7 @@ def check_select_only(sql: str) -> None:
             )
 
 
-class MissingViewError(ValueError):
+class MissingViewError(ExpectedError, ValueError):
     """The SQL names an analysis view (storage/views.py) that this file does not have yet."""
 
 
@@ -114,7 +115,7 @@ def _sql_str(path: Path | str) -> str:
     return str(path).replace("'", "''")
 
 
-class ResultsLockedError(RuntimeError):
+class ResultsLockedError(ExpectedError, RuntimeError):
     """The results file is held open for writing by another process."""
 
 

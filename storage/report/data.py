@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from eval.errors import ExpectedError
 from storage import names
 from storage.reader import ResultsReader
 from storage.schema import utc_now
@@ -33,7 +34,7 @@ ORDER BY r.model, r.dataset, m.metric
 """
 
 
-class UnknownSweepError(ValueError):
+class UnknownSweepError(ExpectedError, ValueError):
     """The requested sweep id has no runs in the results file."""
 
 

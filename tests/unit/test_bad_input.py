@@ -183,6 +183,19 @@ def test_batch_size_larger_than_n_edits_is_a_config_error() -> None:
 
 # --- the CLI: exit 2, one line, in seconds, no Ray ----------------------------------------------
 
+def test_edit_takes_on_bad_record_like_the_sweep(tmp_path: Path) -> None:
+    from jobs.edit import cell_config, parse_args
+
+    path = bad_counterfact(tmp_path)
+    base = ["--dataset", str(path), "--n-edits", "20", "--batch-size", "10", "--method", "memit"]
+    with pytest.raises(SweepConfigError, match="--on-bad-record skip"):
+        cell_config(parse_args(base), tmp_path / "out")
+    assert cell_config(parse_args([*base, "--on-bad-record", "skip"]), tmp_path / "out").on_bad_record == "skip"
+    out = cli("jobs.edit", *base, "--on-bad-record", "fail", "--out", str(tmp_path / "run"))
+    assert out.returncode == 2 and "record #1" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_sweep_with_a_text_file_as_results_is_one_line_before_ray(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")

@@ -88,3 +88,41 @@ def test_the_cell_fails_with_the_reason_instead_of_finished(tmp_path: Path) -> N
     (status, error), = runs
     assert status == "failed" and error.startswith("an update that changes nothing in the batch of edits 0-10"), error
     assert points == [0], "the unedited evaluation is kept"
+
+
+def test_a_target_loss_that_does_not_move_is_refused_naming_the_request_and_hparams() -> None:
+    from alphaedit.targets import StuckTargetError
+
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", len(tok))
+    stats = preservation_stats(model, tok, synthetic_texts(40), HP)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stuck = HP.replace(v_lr=1e-30)
+    editor = Editor(model, tok, stuck, "alphaedit", projectors=projectors_from_stats(stats, stuck))
+    with pytest.raises(StuckTargetError) as err:
+        editor.edit(tiny_requests(2))
+    msg = str(err.value)
+    assert "the target loss did not fall for 2 of 2 request(s): case_id=0" in msg and "case_id=1" in msg, msg
+    assert "v_lr=1e-30" in msg and "v_num_grad_steps=5" in msg and "nothing was applied" in msg, msg
+    assert editor.state.n_edits == 0
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "nothing may be applied"
+    line = describe_failure(err.value, "in the batch of edits 0-2 of r1")
+    assert line.startswith("an update that changes nothing in the batch of edits 0-2 of r1 (StuckTargetError: ")
+
+
+def test_a_request_already_at_its_target_is_not_stuck() -> None:
+    from alphaedit.targets import TargetResult, stuck_requests
+
+    def result(loss0: list[float], loss: list[float], steps: list[int]) -> TargetResult:
+        z = torch.zeros(len(loss), 3)
+        return TargetResult(z=z, h0=z, loss=torch.tensor(loss), nll=torch.tensor(loss), steps=torch.tensor(steps),
+                            most_probable=torch.zeros(len(loss), dtype=torch.bool), initial_loss=torch.tensor(loss0))
+
+    hp = HP.replace(v_early_stop_loss=0.05)
+    # below the early-stop threshold at step 0 (no update), reached after updates, fell, one update-free run
+    assert stuck_requests(result([0.01, 3.0, 3.0, 3.0], [0.01, 0.04, 2.0, 3.0], [0, 3, 4, 0]), hp) == []
+    assert stuck_requests(result([3.0, 3.0, 3.0], [3.0, 3.5, float("nan")], [4, 4, 4]), hp) == [0, 1, 2]
+    # a target the model already answers (every token the argmax) is reached, whatever its loss did
+    mp = result([8e-7], [0.004], [5])
+    mp = TargetResult(**{**mp.__dict__, "most_probable": torch.tensor([True])})
+    assert stuck_requests(mp, hp.replace(v_early_stop_loss=0.0)) == []
