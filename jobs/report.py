@@ -3,22 +3,26 @@
     python -m jobs.report --db results/results.duckdb --out results/report
     python -m jobs.report --db results/results.duckdb --sweep <sweep id> --out results/report-<sweep id>
 
-Open <out>/index.html in any browser; it needs no network. The file is opened read-only, so a
-sweep that is still running (and holds the file) makes this fail with a message saying how to
-take a snapshot instead.
+Open <out>/index.html in any browser; it needs no network. The file is opened read-only; while a
+sweep still runs and holds it, the report is made from a consistent snapshot that the sweep's
+writer actor takes (storage/live.py; found through the <db>.live.json it publishes, or RAY_ADDRESS).
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import logging
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import duckdb
 
 from eval.cli import add_log_level, cli_edge
-from storage import names
+from storage import live, names
 from storage.report import write_report
 from storage.report.core import default_out_dir
 from storage.report.data import UnknownSweepError
@@ -45,11 +49,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report_of(db: str, out: str, sweep_id: str | None) -> Path:
+    """The report of ``db`` in ``out``; when a running sweep holds ``db``, of a snapshot its writer takes now."""
+    try:
+        return write_report(db, out, sweep_id=sweep_id)
+    except ResultsLockedError as locked:
+        if live.published(db) is None and not os.environ.get("RAY_ADDRESS"):
+            raise
+        with tempfile.TemporaryDirectory(prefix="alphaedit-report-") as tmp:
+            try:
+                snap = live.snapshot_live(db, Path(tmp) / "snapshot.duckdb")
+            except live.LiveQueryError as e:
+                raise ResultsLockedError(f"{locked.args[0]}\nSnapshot through the sweep's writer: {e}") from e
+            taken = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            log.info("%s is held by a running sweep: reporting a snapshot its writer took at %s", db, taken)
+            preface = (f'<p class="meta">Live: a snapshot of <code>{html.escape(str(db))}</code> taken at '
+                       f"{html.escape(taken)} while a sweep was writing it.</p>")
+            return write_report(snap, out, sweep_id=sweep_id, preface_html=preface)
+
+
 @cli_edge
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        index = write_report(args.db, args.out, sweep_id=args.sweep)
+        index = report_of(args.db, args.out, args.sweep)
     except (FileNotFoundError, ResultsLockedError, SchemaVersionError, UnknownSweepError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 1

@@ -12,9 +12,11 @@ published address), finds the writer by name and asks it for
 :meth:`storage.writer.ResultWriter.read_only_query`: the same guard as
 :class:`storage.reader.ResultsReader` (SELECT-like statements only, run on a consistent snapshot
 opened read-only with file access off), so a live query can neither change the results nor read
-other files. ``python -m storage.query --db X ...`` falls back to it when X is locked.
+other files. ``python -m storage.query --db X ...`` falls back to it when X is locked (``--live``
+asks the writer directly). :func:`snapshot_live` has the writer copy the file consistently, for
+readers that need a whole database (``python -m jobs.report`` on a running sweep).
 
-``ray`` is imported only inside :func:`query_live` (the rest of ``storage`` never imports it).
+``ray`` is imported only inside :func:`live_writer` (the rest of ``storage`` never imports it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,20 +104,13 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def query_live(db: str | os.PathLike[str], *, sql: str | None = None, canned: str | None = None,
-               params: dict[str, Any] | None = None, address: str | None = None,
-               timeout: float = GET_TIMEOUT_S) -> pl.DataFrame:
-    """Run a read-only query (``sql``, or the canned query ``canned`` with ``params``) on the
-    results file ``db`` through the writer actor of the sweep that holds it.
+@contextmanager
+def live_writer(db: str | os.PathLike[str], address: str | None = None) -> Iterator[Any]:
+    """The writer actor handle of the sweep holding ``db``, on a Ray connection held for the block.
 
     The Ray address is ``address``, else ``RAY_ADDRESS``, else the one the sweep published in
-    ``<db>.live.json``. Raises :class:`storage.sql.QueryRejectedError` for SQL that is not
-    read-only (before connecting) and :class:`LiveQueryError` when no writer can be reached.
+    ``<db>.live.json``. Raises :class:`LiveQueryError` when no writer can be reached.
     """
-    if (sql is None) == (canned is None):
-        raise ValueError("give exactly one of sql or canned")
-    if sql is not None:
-        check_select_only(sql)  # fail fast here; the writer checks again
     info = published(db) or {}
     name = info.get("actor") or writer_actor_name(db)
     where = address or os.environ.get("RAY_ADDRESS") or info.get("address")
@@ -140,11 +137,53 @@ def query_live(db: str | os.PathLike[str], *, sql: str | None = None, canned: st
             raise LiveQueryError(
                 f"the Ray cluster at {where} has no writer actor {name!r} for {canonical_results_path(db)} "
                 f"(namespace {NAMESPACE!r}); the file is held by something else than a running sweep on that cluster") from e
-        try:
-            return ray.get(writer.read_only_query.remote(sql, params, canned=canned), timeout=timeout)
-        except ray.exceptions.RayTaskError as e:  # the writer's own error (DuckDB's, a rejected query), unwrapped
-            cause = getattr(e, "cause", None)
-            raise (cause if isinstance(cause, BaseException) else e) from None
+        yield writer
     finally:
         if started:
             ray.shutdown()
+
+
+def _call(remote_call: Any, timeout: float) -> Any:
+    """``ray.get`` of a writer call; the writer's own error (DuckDB's, a rejected query) unwrapped."""
+    import ray
+
+    try:
+        return ray.get(remote_call, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        raise (cause if isinstance(cause, BaseException) else e) from None
+
+
+def query_live(db: str | os.PathLike[str], *, sql: str | None = None, canned: str | None = None,
+               params: dict[str, Any] | None = None, address: str | None = None,
+               timeout: float = GET_TIMEOUT_S) -> pl.DataFrame:
+    """Run a read-only query (``sql``, or the canned query ``canned`` with ``params``) on the
+    results file ``db`` through the writer actor of the sweep that holds it (see :func:`live_writer`
+    for how it is found).
+
+    Raises :class:`storage.sql.QueryRejectedError` for SQL that is not read-only (before
+    connecting) and :class:`LiveQueryError` when no writer can be reached.
+    """
+    if (sql is None) == (canned is None):
+        raise ValueError("give exactly one of sql or canned")
+    if sql is not None:
+        check_select_only(sql)  # fail fast here; the writer checks again
+    with live_writer(db, address) as writer:
+        return _call(writer.read_only_query.remote(sql, params, canned=canned), timeout)
+
+
+def snapshot_live(db: str | os.PathLike[str], dest: str | os.PathLike[str], *, address: str | None = None,
+                  timeout: float = GET_TIMEOUT_S) -> Path:
+    """A consistent copy of ``db`` at ``dest`` (which must not exist), written by the writer actor of
+    the sweep that holds ``db`` (:meth:`storage.writer.ResultWriter.snapshot`); the copy can be
+    opened read-only while the sweep goes on. The writer runs on the sweep driver's node, so
+    ``dest`` must be on a file system that node and this process share (this machine, when the
+    sweep published from here). Raises :class:`LiveQueryError` when no writer can be reached.
+    """
+    info = published(db) or {}
+    if info.get("host") not in (None, socket.gethostname()):
+        raise LiveQueryError(f"the sweep holding {db} runs on {info['host']}, not here: its writer would write the "
+                             f"snapshot there; run this on {info['host']}")
+    dest = Path(dest).resolve()
+    with live_writer(db, address) as writer:
+        return Path(_call(writer.snapshot.remote(str(dest)), timeout))

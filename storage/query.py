@@ -8,7 +8,8 @@
 The file is opened read-only with file access off: the SQL cannot change it. While a running
 sweep holds the file, the query goes to that sweep's writer actor (storage/live.py: found on the
 Ray cluster at --address, RAY_ADDRESS or the address published in <db>.live.json), which runs it
-the same way on a snapshot. Exit status 0 on success, 1 when the query fails, 2 on bad arguments.
+the same way on a snapshot; ``--live`` asks that writer directly (exit 2 with one line when no running
+sweep publishes one for the file). Exit status 0 on success, 1 when the query fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="Ray address of the sweep that holds --db, for a live query (default: RAY_ADDRESS, else the "
                         "address the sweep publishes in <db>.live.json)")
+    p.add_argument("--live", action="store_true",
+                   help="query the running sweep that holds --db through its writer actor, without trying to open "
+                        "the file (without --live this happens by itself when the file is held)")
     add_log_level(p, "warning")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", type=Path, help="write the result to this CSV file instead of printing it")
@@ -88,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {'--csv' if args.csv else '--parquet'} {target}: the folder {target.parent} does not exist; "
               "create it or give another path", file=sys.stderr)
         return 2
+    if args.live and live.published(args.db) is None and not (args.address or os.environ.get("RAY_ADDRESS")):
+        print(f"error: --live: no running sweep publishes a writer for {args.db} (no {live.sidecar_path(args.db)}); "
+              "drop --live to read the file itself, or pass the sweep's --address", file=sys.stderr)
+        return 2
     try:
         try:
-            with ResultsReader(args.db) as reader:
-                frame = reader.sql(args.sql) if args.sql is not None else reader.canned(args.name, **params)
+            if args.live:
+                frame = live.query_live(args.db, sql=args.sql, canned=args.name, params=params, address=args.address)
+            else:
+                with ResultsReader(args.db) as reader:
+                    frame = reader.sql(args.sql) if args.sql is not None else reader.canned(args.name, **params)
         except ResultsLockedError as locked:  # a running sweep holds it: ask its writer actor (storage.live)
             try:
                 frame = live.query_live(args.db, sql=args.sql, canned=args.name, params=params, address=args.address)
@@ -99,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ResultsLockedError(f"{locked.args[0]}\nLive query through the sweep's writer: {e}") from e
             print(f"(live: {args.db} is held by a running sweep; answered by its writer actor from a snapshot "
                   "taken now)", file=sys.stderr)
+    except live.LiveQueryError as e:  # --live, and no writer answers for the file
+        print(f"error: --live: {e}", file=sys.stderr)
+        return 2
     except (ResultsLockedError, SchemaVersionError, QueryRejectedError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1

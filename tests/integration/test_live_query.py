@@ -1,4 +1,5 @@
-"""Live results: `python -m storage.query` on a file that a running sweep's writer actor holds.
+"""Live results: `python -m storage.query` (with and without `--live`) and `python -m jobs.report` on a
+file that a running sweep's writer actor holds.
 
 A sweep-like driver (jobs.sweep.ray_outputs on a real local Ray: the named writer actor and the
 published <db>.live.json) holds the results file; other processes query it through storage.query.
@@ -102,6 +103,16 @@ def test_storage_query_reads_a_running_sweep_through_its_writer(tmp_path):
         got = _query(db, "run_status")  # no RAY_ADDRESS: the address the sweep published
         assert got.returncode == 0, got.stderr
         assert "r-live" in got.stdout and "running sweep" in got.stderr
+        explicit = _query(db, "--live", "run_status")  # --live: straight to the writer
+        assert explicit.returncode == 0, explicit.stderr
+        assert "r-live" in explicit.stdout and "running sweep" not in explicit.stderr
+
+        report = subprocess.run([sys.executable, "-m", "jobs.report", "--db", str(db), "--out", str(tmp_path / "rep")],
+                                cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+        assert report.returncode == 0, report.stderr[-3000:]  # a snapshot taken by the running sweep's writer
+        page = (tmp_path / "rep" / "index.html").read_text()
+        assert "Live: a snapshot of" in page and "r-live" in page
+        assert not list(tmp_path.glob("rep/*.duckdb")) and live.published(db) is not None  # the copy is gone
 
         rejected = _query(db, "--sql", "DELETE FROM runs")  # the reader's guard, before any connection
         assert rejected.returncode == 1 and "only read-only queries" in rejected.stderr
@@ -138,3 +149,8 @@ def test_storage_query_reads_a_running_sweep_through_its_writer(tmp_path):
         assert r.sql("SELECT count(*) AS n FROM metrics")["n"][0] == 2
     direct = _query(db, "run_status")
     assert direct.returncode == 0 and "r-live" in direct.stdout and "running sweep" not in direct.stderr
+    gone = _query(db, "--live", "run_status")  # --live with no running sweep: one line, exit 2
+    assert gone.returncode == 2 and gone.stdout == "", gone.stdout + gone.stderr
+    assert gone.stderr.strip().splitlines() == [gone.stderr.strip()], gone.stderr
+    assert gone.stderr.startswith("error: --live: no running sweep publishes a writer for"), gone.stderr
+    assert _query(db, "--live", "--address", "127.0.0.1:1", "run_status").returncode == 2  # no cluster there
