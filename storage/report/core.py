@@ -25,20 +25,25 @@ def write_report(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     never sees half a page. ``preface_html`` (trusted HTML, e.g. the nightly regression table)
     goes at the top of the page. Returns the path of ``index.html``.
     """
-    from storage.report import plots
+    from storage.report import plots, studies
+    from storage.report.cells import seed_curves
     from storage.report.data import load_report_data
     from storage.report.html import render_html
     from storage.report.table1 import build_table1
 
     data = load_report_data(db_path, sweep_id)
+    curves = seed_curves(data.run_metrics, data.cells)  # per cell (hparams apart), min–max over seeds
     page = render_html(
         data,
         build_table1(data),
-        plots.metric_plots(data.curves, data.runs),
+        plots.metric_plots(curves, data.runs),
         plots.probe_plots(data.probes, data.runs),
         plots.timing_plot(data.timings),
         preface_html,
-        tradeoff_plot=plots.tradeoff_plot(data.curves, data.runs),
+        tradeoff_plot=plots.tradeoff_plot(curves, data.runs),
+        threshold_plots=studies.threshold_plots(data.cells, data.run_metrics, data.run_probes),
+        budget_plots=studies.budget_plots(data.cells, data.run_metrics, data.run_probes),
+        drift_plots=studies.drift_scatter_plots(data.cells, data.drift_points),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import polars as pl
 from eval.errors import ExpectedError
 from storage import names
 from storage.reader import ResultsReader
+from storage.report.cells import run_cells
 from storage.schema import utc_now
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ WHERE m.edits_done = {names.UNEDITED_EDITS_DONE}
 GROUP BY r.model, r.dataset, m.metric
 ORDER BY r.model, r.dataset, m.metric
 """
+
+_SWEEP = "($sweep_id IS NULL OR r.sweep_id = CAST($sweep_id AS VARCHAR))"
+# Every metrics row of the runs, per run (the seed bands and the studies aggregate them; storage.report.cells).
+_RUN_METRICS_SQL = f"""SELECT m.run_id, m.dataset, m.edits_done, m.metric, m.value
+FROM metrics AS m JOIN runs AS r USING (run_id) WHERE {_SWEEP} ORDER BY ALL"""
+_RUN_PROBES_SQL = f"""SELECT p.run_id, p.edits_done, p.task, p.metric, p.value
+FROM probes AS p JOIN runs AS r USING (run_id) WHERE {_SWEEP} ORDER BY ALL"""
+_DRIFT_POINTS_SQL = f"""SELECT d.run_id, d.edits_done, d.doc, d.x, d.y
+FROM drift_points AS d JOIN runs AS r USING (run_id) WHERE {_SWEEP} ORDER BY ALL"""
 
 
 class UnknownSweepError(ExpectedError, ValueError):
@@ -52,6 +62,10 @@ class ReportData:
     curves: pl.DataFrame  # degradation_curve
     probes: pl.DataFrame  # probe_deltas
     timings: pl.DataFrame  # stage_timings
+    cells: pl.DataFrame = field(default_factory=pl.DataFrame)  # storage.report.cells.run_cells: one row per run
+    run_metrics: pl.DataFrame = field(default_factory=pl.DataFrame)  # run_id, dataset, edits_done, metric, value
+    run_probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # run_id, edits_done, task, metric, value
+    drift_points: pl.DataFrame = field(default_factory=pl.DataFrame)  # run_id, edits_done, doc, x, y (Fig. 5)
 
 
 def load_report_data(db_path: str | os.PathLike[str], sweep_id: str | None = None) -> ReportData:
@@ -74,17 +88,23 @@ def load_report_data(db_path: str | os.PathLike[str], sweep_id: str | None = Non
             "WHERE $sweep_id IS NULL OR sweep_id = CAST($sweep_id AS VARCHAR)",
             {"sweep_id": sweep_id},
         )
+        runs = runs.join(configs, on="run_id", how="left")
+        params = {"sweep_id": sweep_id}
         data = ReportData(
             db_path=path,
             sweep_id=sweep_id,
             read_at=utc_now(),
             schema_version=r.schema_version,
-            runs=runs.join(configs, on="run_id", how="left"),
+            runs=runs,
             final=r.canned("method_comparison", sweep_id=sweep_id),
             unedited=r.sql(_UNEDITED_SQL, {"sweep_id": sweep_id}),
             curves=r.canned("degradation_curve", sweep_id=sweep_id),
             probes=r.canned("probe_deltas", sweep_id=sweep_id),
             timings=r.canned("stage_timings", sweep_id=sweep_id),
+            cells=run_cells(runs),
+            run_metrics=r.sql(_RUN_METRICS_SQL, params),
+            run_probes=r.sql(_RUN_PROBES_SQL, params),
+            drift_points=r.sql(_DRIFT_POINTS_SQL, params),
         )
     log.info(
         "report data from %s (sweep %s): %d runs, %d curve points, %d probe points, %d timing rows",

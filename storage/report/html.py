@@ -18,7 +18,7 @@ import polars as pl
 from storage.names import RunStatus
 from storage.report import paper
 from storage.report.data import ReportData
-from storage.report.plots import Plot
+from storage.report.plots import BAND_NOTE, Plot
 from storage.report.table1 import DatasetTable, RowKind
 
 _CSS = """
@@ -187,10 +187,19 @@ def _plots_html(plots: Sequence[Plot], empty: str) -> str:
     return '<div class="plots">' + "".join(_img(p) for p in plots) + "</div>"
 
 
+def _study_section(anchor: str, title: str, plots: Sequence[Plot], note: str) -> str:
+    """A section of plots with a note, or nothing when there are no plots (no such cells in the file)."""
+    if not plots:
+        return ""
+    return f'<h2 id="{_e(anchor)}">{_e(title)}</h2>\n<p class="note">{_e(note)}</p>\n{_plots_html(plots, "")}'
+
+
 def render_html(data: ReportData, tables: Sequence[DatasetTable], metric_plots: Sequence[Plot],
                 probe_plots: Sequence[Plot], timing_plot: Plot | None, preface_html: str | None = None,
-                tradeoff_plot: Plot | None = None) -> str:
-    """The whole report page. ``preface_html`` is inserted verbatim at the top (trusted HTML)."""
+                tradeoff_plot: Plot | None = None, threshold_plots: Sequence[Plot] = (),
+                budget_plots: Sequence[Plot] = (), drift_plots: Sequence[Plot] = ()) -> str:
+    """The whole report page. ``preface_html`` is inserted verbatim at the top (trusted HTML). The
+    threshold, key-budget and Fig. 5 sections appear only when they have plots."""
     counts = data.runs.group_by("status").len().sort("status").rows()
     status_line = ", ".join(f'<span class="status-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts) or "no runs"
     scope = f"sweep <code>{_e(data.sweep_id)}</code>" if data.sweep_id else "all sweeps"
@@ -216,9 +225,22 @@ paper's published numbers, {_e(paper.PAPER_CITATION)}, shown where model and dat
 without a number says why (failed, pending, missing); absent values are never shown as 0.</p>
 {tables_html}
 <h2 id="metrics">Rewrite metrics vs. edits done</h2>
+<p class="note">{_e(BAND_NOTE)}</p>
 {_plots_html(metric_plots, "no rewrite metrics recorded")}
 <h2 id="tradeoff">Efficacy vs. specificity: the trade-off over edits, per method</h2>
 {_plots_html([tradeoff_plot] if tradeoff_plot else [], "no evaluation point with both efficacy and specificity")}
+{_study_section("threshold", "Threshold sensitivity (open question 1)", threshold_plots,
+                 "Cells that differ only in nullspace_threshold / threshold_mode: kept fraction per layer (at 0 "
+                 "edits), and efficacy, specificity and the probes' change at each run's last evaluation point, "
+                 "against the threshold. Error bars: min–max over seeds.")}
+{_study_section("budget", "Key budget (FastMEMIT, open question 2)", budget_plots,
+                 "Cells that differ only in key_budget_multiplier (keys per layer = multiplier x d_k; the full "
+                 "corpus at the right): the projector's relative Frobenius distance to the full-corpus one "
+                 "(||P_budget - P_full||_F / ||P_full||_F), kept fraction, efficacy, specificity and the probes.")}
+{_study_section("drift", "Hidden-representation drift (the paper's Fig. 5)", drift_plots,
+                 "Preserved documents' hidden states (output of the last edited layer, last token) on the unedited "
+                 "model's first two principal axes: unedited (grey) vs. edited at the run's last checkpoint, one "
+                 "panel per method, the same axes in every panel. The numbers are the drift_* rows.")}
 <h2 id="probes">General-capability probes vs. edits done (relative to the unedited model)</h2>
 {_plots_html(probe_plots, "no probes recorded")}
 <h2 id="timings">Time per stage</h2>

@@ -4,6 +4,10 @@ Figures are built with ``matplotlib.figure.Figure`` directly, so nothing here sw
 backend or keeps figures alive between calls. A panel that should hold data but has none says
 "missing" in red on the panel itself and is listed in :attr:`Plot.missing`, so a missing curve
 never looks like a flat one.
+
+Seed bands: where a cell (model, method, dataset, batch size, hyper-parameters) has several runs (seeds),
+a curve is their mean with a shaded **min–max** band (the trade-off plot: min–max error bars on both
+axes); a cell with one run is a plain line. :data:`BAND_NOTE` says so on the page.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ _DPI = 100
 _MISSING_COLOR = "#b00020"
 _STAGE_ORDER = (names.STAGE_KEY_STATS, names.STAGE_PROJECTOR, names.STAGE_TARGETS, names.STAGE_SOLVE,
                 names.STAGE_EDIT_BATCH, names.STAGE_CHECKPOINT, names.STAGE_REWRITE_EVAL, names.STAGE_PROBE)
+#: What the bands show (the report states it once, above the curves).
+BAND_NOTE = ("Lines are the mean over a cell's runs (seeds); where a cell has several, the shaded band "
+             "(trade-off plot: the error bars) spans their min–max.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+#: Datasets of per-run setup rows (projector rank, distance) that have plots of their own, not curves.
+_NOT_CURVES = (names.DATASET_PROJECTOR,)
 _EXPECTED_METRICS: dict[str, tuple[str, ...]] = {
     names.DATASET_COUNTERFACT: tuple(names.TABLE1_HEADERS),
     names.DATASET_ZSRE: names.ZSRE_METRICS,
@@ -66,8 +76,11 @@ def _figure_legend(fig: Figure, axes: Sequence) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), fontsize=8, ncols=min(len(seen), 4), loc="outside lower center")
+    if seen:  # as many columns as the figure's width holds (about 15 characters per inch at 8 pt), at most 4
+        width, height = fig.get_size_inches()
+        ncols = max(1, min(len(seen), 4, int(width * 15 / (max(len(label) for label in seen) + 6))))
+        fig.set_size_inches(width, height + 0.2 * -(-len(seen) // ncols))  # room for the legend's rows
+        fig.legend(list(seen.values()), list(seen), fontsize=8, ncols=ncols, loc="outside lower center")
 
 
 def _mark_missing(ax, why: str) -> None:
@@ -93,8 +106,28 @@ def batch_styles(batch_sizes: Iterable[int]) -> dict[int, str]:
     return {b: styles[i % len(styles)] for i, b in enumerate(sorted(set(batch_sizes)))}
 
 
-def _line_label(method: str, batch_size: int) -> str:
-    return f"{method} (b={batch_size})"
+def _line_label(method: str, batch_size: int, variant: str = "") -> str:
+    return f"{method} (b={batch_size}{', ' + variant if variant else ''})"
+
+
+def variant_markers(variants: Iterable[str]) -> dict[str, str]:
+    """A fixed marker per hyper-parameter variant of a cell ("" = none: a circle)."""
+    vs = sorted(set(variants) - {""})
+    return {"": "o", **{v: _MARKERS[(i + 1) % len(_MARKERS)] for i, v in enumerate(vs)}}
+
+
+def cell_curves(curves: pl.DataFrame) -> pl.DataFrame:
+    """``curves`` with the columns of :func:`storage.report.cells.seed_curves` (``variant``, ``lo``, ``hi``,
+    ``n_runs``), filled in for a frame of the ``degradation_curve`` query (one variant, no band); the
+    projector's setup rows (edits_done 0 only) are left out."""
+    fill = []
+    if "variant" not in curves.columns:
+        fill.append(pl.lit("").alias("variant"))
+    if "lo" not in curves.columns:
+        fill += [pl.col("value").alias("lo"), pl.col("value").alias("hi")]
+    if "n_runs" not in curves.columns:
+        fill.append(pl.lit(1).alias("n_runs"))
+    return curves.with_columns(fill).filter(~pl.col("dataset").is_in(_NOT_CURVES))
 
 
 def _failed_note(runs: pl.DataFrame, model: str, dataset: str | None = None) -> str:
@@ -112,8 +145,11 @@ def _metric_order(metrics: Iterable[str]) -> list[str]:
 
 
 def metric_plots(curves: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
-    """One figure per rewrite metric: value vs. edits done, a line per (method, batch size),
-    one panel per (model, dataset); a band shows the std over runs where there are several."""
+    """One figure per rewrite metric: value vs. edits done, a line per cell (method, batch size,
+    hyper-parameter variant), one panel per (model, dataset); a min–max band over the cell's runs where
+    it has several (``curves``: :func:`storage.report.cells.seed_curves`, or the degradation_curve query)."""
+    curves = cell_curves(curves)
+    markers = variant_markers(curves["variant"].to_list())
     colors = method_colors(runs["method"].to_list() + curves["method"].to_list())
     styles = batch_styles(runs["batch_size"].to_list() + curves["batch_size"].to_list())
     pairs = sorted({(r["model"], r["dataset"]) for r in runs.select("model", "dataset").to_dicts()}
@@ -138,12 +174,14 @@ def metric_plots(curves: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
                 _mark_missing(ax, f"{metric} not computed")
                 missing.append(f"{model} · {dataset}")
                 continue
-            for (method, bs), line in sel.sort("edits_done").group_by(["method", "batch_size"], maintain_order=True):
+            for (method, bs, var), line in sel.sort("method", "batch_size", "variant", "edits_done").group_by(
+                    ["method", "batch_size", "variant"], maintain_order=True):
                 x, y = line["edits_done"].to_numpy(), line["value"].to_numpy()
-                ax.plot(x, y, marker="o", ms=3, color=colors[method], ls=styles[bs], label=_line_label(method, bs))
-                std = line["std"].fill_null(0.0).to_numpy()
-                if std.any():
-                    ax.fill_between(x, y - std, y + std, color=colors[method], alpha=0.15, linewidth=0)
+                ax.plot(x, y, marker=markers[var], ms=3, color=colors[method], ls=styles[bs],
+                        label=_line_label(method, bs, var))
+                if (line["n_runs"] > 1).any():
+                    ax.fill_between(x, line["lo"].to_numpy(), line["hi"].to_numpy(), color=colors[method], alpha=0.15,
+                                    linewidth=0)
             ax.set_xlabel("edits done")
             ax.set_ylabel(header or metric)
             ax.grid(alpha=0.3)
@@ -188,14 +226,22 @@ def probe_plots(probes: pl.DataFrame, runs: pl.DataFrame) -> list[Plot]:
 
 def tradeoff_points(curves: pl.DataFrame, x_metric: str = names.METRIC_SPECIFICITY,
                     y_metric: str = names.METRIC_EFFICACY) -> pl.DataFrame:
-    """One row per evaluation point (model, dataset, method, batch_size, edits_done) with both
-    ``x_metric`` and ``y_metric`` (mean over runs), as columns ``x`` and ``y``, in edits order."""
-    keys = ["model", "dataset", "method", "batch_size", "edits_done"]
-    both = (curves.filter(pl.col("metric").is_in([x_metric, y_metric]))
-            .pivot(on="metric", index=keys, values="value", aggregate_function="mean"))
-    if x_metric not in both.columns or y_metric not in both.columns:
-        return pl.DataFrame(schema={**{k: curves.schema[k] for k in keys}, "x": pl.Float64, "y": pl.Float64})
-    return (both.rename({x_metric: "x", y_metric: "y"}).select(*keys, "x", "y")
+    """One row per evaluation point (model, dataset, method, batch_size, variant, edits_done) with both
+    ``x_metric`` and ``y_metric`` (mean over the cell's runs) as ``x`` and ``y``, their min–max as
+    ``x_lo``, ``x_hi``, ``y_lo``, ``y_hi`` and the runs as ``n_runs``, in edits order."""
+    curves = cell_curves(curves)
+    keys = ["model", "dataset", "method", "batch_size", "variant", "edits_done"]
+    cols = {"value": "", "lo": "_lo", "hi": "_hi"}
+    sel = curves.filter(pl.col("metric").is_in([x_metric, y_metric]))
+    both = sel.pivot(on="metric", index=keys, values=list(cols), aggregate_function="mean") if sel.height else sel
+    # polars names pivoted columns <value>_<metric> when several values are pivoted
+    if f"value_{x_metric}" not in both.columns or f"value_{y_metric}" not in both.columns:
+        return pl.DataFrame(schema={**{k: curves.schema[k] for k in keys}, "x": pl.Float64, "y": pl.Float64,
+                                    "x_lo": pl.Float64, "x_hi": pl.Float64, "y_lo": pl.Float64, "y_hi": pl.Float64,
+                                    "n_runs": pl.Int64})
+    runs = (sel.group_by(keys).agg(pl.col("n_runs").min().cast(pl.Int64)))
+    ren = {f"{c}_{m}": f"{axis}{suffix}" for c, suffix in cols.items() for m, axis in ((x_metric, "x"), (y_metric, "y"))}
+    return (both.rename(ren).join(runs, on=keys).select(*keys, "x", "y", "x_lo", "x_hi", "y_lo", "y_hi", "n_runs")
             .drop_nulls(["x", "y"]).sort(keys))
 
 
@@ -208,13 +254,21 @@ def tradeoff_plot(curves: pl.DataFrame, runs: pl.DataFrame) -> Plot | None:
         return None
     colors = method_colors(runs["method"].to_list() + points["method"].to_list())
     styles = batch_styles(runs["batch_size"].to_list() + points["batch_size"].to_list())
+    markers = variant_markers(points["variant"].to_list())
     panels = sorted({(r["model"], r["dataset"]) for r in points.select("model", "dataset").to_dicts()})
     fig, axes = _grid(len(panels), "Efficacy vs. specificity over edits (one point per evaluation point)")
     for ax, (model, dataset) in zip(axes, panels, strict=True):
         sel = points.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
-        for (method, bs), line in sel.group_by(["method", "batch_size"], maintain_order=True):
+        for (method, bs, var), line in sel.group_by(["method", "batch_size", "variant"], maintain_order=True):
             x, y, e = line["x"].to_list(), line["y"].to_list(), line["edits_done"].to_list()
-            ax.plot(x, y, marker="o", ms=4, lw=1, color=colors[method], ls=styles[bs], label=_line_label(method, bs))
+            ax.plot(x, y, marker=markers[var], ms=4, lw=1, color=colors[method], ls=styles[bs],
+                    label=_line_label(method, bs, var))
+            banded = line.filter(pl.col("n_runs") > 1)
+            if banded.height:  # min–max over the cell's seeds, on both axes
+                bx, by = banded["x"].to_numpy(), banded["y"].to_numpy()
+                ax.errorbar(bx, by, xerr=[bx - banded["x_lo"].to_numpy(), banded["x_hi"].to_numpy() - bx],
+                            yerr=[by - banded["y_lo"].to_numpy(), banded["y_hi"].to_numpy() - by],
+                            fmt="none", ecolor=colors[method], elinewidth=0.8, capsize=2, alpha=0.6)
             ax.plot(x[-1:], y[-1:], marker="*", ms=11, color=colors[method], lw=0)  # the last point
             for xi, yi, ei in zip(x, y, e, strict=True):
                 ax.annotate(str(ei), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6,
