@@ -33,3 +33,17 @@ class PointEvaluated(ProgressEvent):
         event = super().__new__(cls, f"{run_id}: evaluated at {edits_done} edits")
         event.run_id, event.edits_done = run_id, int(edits_done)
         return event
+
+
+class ShardsComputed(ProgressEvent):
+    """``done`` of the ``total`` key-statistics shard tasks of the model ``model`` have finished
+    (statistics are per model, not per run cell: ``run_id`` is empty)."""
+
+    model: str
+    done: int
+    total: int
+
+    def __new__(cls, model: str, done: int, total: int) -> ShardsComputed:
+        event = super().__new__(cls, f"{model}: key statistics {done}/{total} shards")
+        event.run_id, event.edits_done, event.model, event.done, event.total = "", 0, model, int(done), int(total)
+        return event

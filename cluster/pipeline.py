@@ -40,7 +40,7 @@ from typing import Any
 from alphaedit import method_spec
 from cluster import placement
 from cluster.config import ModelConfig, RunCell, SweepConfig
-from cluster.events import BatchEdited, PointEvaluated, ProgressEvent
+from cluster.events import BatchEdited, PointEvaluated, ProgressEvent, ShardsComputed
 from cluster.executor import Executor, RayExecutor
 from cluster.keys import cell_stats_keys, corpus_spec, projector_keys
 from cluster.plan import CellData, cell_data, editor_actor_name, eval_request, plan_cell
@@ -151,7 +151,8 @@ class ModelRun:
             require_gpus(num_gpus, f"statistics for {m.name}", self.ex)
             return fetch_statistics(self.ex, keys, self.store.root, m.resolve(m.path), corpus_spec(m, hp.mom2_n_samples),
                                     hp.to_dict(), self.cfg.stats_shards, options, num_gpus,
-                                    single_shard=hp.key_budget_multiplier is not None)
+                                    single_shard=hp.key_budget_multiplier is not None,
+                                    on_shards=lambda done, total: self.on_progress(ShardsComputed(m.name, done, total)))
 
         handle, first = self.stats.get(keys, fetch)
         if first:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 StatsArrays = dict[int, tuple[np.ndarray, int]]  # layer -> (Σ k kᵀ float64, key count)
 GET_TIMEOUT_S = 3600.0
+POLL_S = 0.5  # how often the driver looks at the shard tasks for its progress report
 
 
 # --- tasks (plain functions; run where the executor puts them) --------------------------------
@@ -130,10 +131,13 @@ class StatsHandle:
 
 def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str, model_path: str, corpus: Any,
                      hparams: Mapping[str, Any], shards: int, options: Mapping[str, Any], num_gpus: float,
-                     single_shard: bool = False) -> StatsHandle:
+                     single_shard: bool = False,
+                     on_shards: Callable[[int, int], None] = lambda done, total: None) -> StatsHandle:
     """The statistics under ``keys``: from the store (read and checked by a task) or computed by shard
     tasks that read their own corpus ranges and merged and stored by a task. Only references, keys and
-    small info dicts reach the caller; ``single_shard``: a key budget is defined in corpus order."""
+    small info dicts reach the caller; ``single_shard``: a key budget is defined in corpus order.
+    ``on_shards(done, total)``: called when the shard tasks are submitted and whenever more have finished
+    (the driver's progress bar); never called when the statistics come from the store."""
     t0 = time.perf_counter()
     helper = helper_options(options)  # beside the shards: their node kind, no GPU
     load = ex.task(load_stored, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
@@ -145,14 +149,32 @@ def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str
     if n_docs == 0:
         raise ValueError(f"corpus {corpus.key()} has no documents: nothing to compute key statistics from")
     shard = ex.task(corpus_shard_stats, **options, max_retries=3, retry_exceptions=False)
-    refs = [shard(model_path, corpus, a, b, dict(hparams), num_gpus)
-            for a, b in shard_ranges(n_docs, 1 if single_shard else shards)]
+    ranges = shard_ranges(n_docs, 1 if single_shard else shards)
+    on_shards(0, len(ranges))
+    refs = [shard(model_path, corpus, a, b, dict(hparams), num_gpus) for a, b in ranges]
+    wait_reporting(ex, refs, on_shards)
     merge = ex.task(merge_and_store, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
     ref, info_ref = merge(keys, store_root, *refs)
     info = ex.get(info_ref, timeout=GET_TIMEOUT_S)  # NonFiniteError on NaN/Inf
     logger.info("key statistics of layers %s over %d documents in %d shards", sorted(keys), n_docs, len(refs))
     return StatsHandle(dict(keys), ref, info["counts"], time.perf_counter() - t0, computed=True,
                        records=info["records"])
+
+
+def wait_reporting(ex: Executor, refs: Sequence[Any], report: Callable[[int, int], None],
+                   poll_s: float = POLL_S, timeout: float = GET_TIMEOUT_S) -> None:
+    """Wait until every one of ``refs`` has finished (a value or an error; nothing is fetched), calling
+    ``report(done, total)`` whenever more have; at most ``timeout`` seconds (the caller's get times out then)."""
+    total, last = len(refs), -1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sum(ex.ready(list(refs)))
+        if done != last:
+            report(done, total)
+            last = done
+        if done == total:
+            return
+        time.sleep(poll_s)
 
 
 @dataclass

@@ -12,7 +12,7 @@ nothing); the base weights are restored afterwards.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,14 +116,36 @@ def rewrite_rows(model: nn.Module, tokenizer, plan: EvalPlan) -> list[MetricRow]
     return rows
 
 
+def evaluation_stages(plan: EvalPlan) -> list[str]:
+    """The names of the stages :func:`evaluate_edited` runs for ``plan``, in order."""
+    gen = plan.dataset == names.DATASET_COUNTERFACT and plan.generation_records > 0
+    stages = ["drift (unedited)"] if plan.drift_texts else []
+    if plan.records:
+        stages.append(f"rewrite metrics ({len(plan.records)} records{', generation' if gen else ''})")
+    if plan.drift_texts:
+        stages.append("drift (edited)")
+    if plan.probe_tasks:
+        stages.append("probes")
+    return stages
+
+
 def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
-                    deltas: Mapping[str, torch.Tensor] | None = None) -> Evaluation:
+                    deltas: Mapping[str, torch.Tensor] | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
     """Rewrite metrics and probes of ``model`` + ``deltas`` ({param name: W_edited - W_base}).
 
     Raises :class:`alphaedit.editor.NonFiniteError` naming the weights when a delta holds NaN/Inf.
-    ``model`` holds its base weights again afterwards (also on an error).
+    ``model`` holds its base weights again afterwards (also on an error). ``progress(done, total,
+    stage)``: called as each stage of :func:`evaluation_stages` begins, and with ``done == total`` at the end.
     """
     from eval.edited import edited_weights
+
+    stages = evaluation_stages(plan)
+    step = iter(range(len(stages) + 1))
+
+    def begin(stage: str) -> None:
+        if progress is not None:
+            progress(next(step), len(stages), stage)
 
     deltas = dict(deltas or {})
     check_finite({f"delta of {name}": d for name, d in deltas.items()}, "the deltas to evaluate")
@@ -131,18 +153,26 @@ def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
     drift = bool(plan.drift_texts)
     if drift and plan.drift_layer is None:
         raise ValueError("evaluate_edited: drift_texts need a drift_layer (the last edited layer)")
+    if drift:
+        begin(stages[0])
     before = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer) if drift else None
     points: list[DriftPoint] = []
     with edited_weights(model, deltas):
+        if plan.records:
+            begin(stages[1 if drift else 0])
         rows = rewrite_rows(model, tokenizer, plan)
         if before is not None:
+            begin("drift (edited)")
             after = hidden_states(model, tokenizer, list(plan.drift_texts), plan.drift_layer)
             rows += [MetricRow(names.DATASET_PRESERVED, metric, value, len(plan.drift_texts))
                      for metric, value in drift_metrics(before, after).items()]
             points = drift_point_list(before, after)
         t_metrics = time.perf_counter() - t0
+        if plan.probe_tasks:
+            begin("probes")
         probes = run_probes(model, tokenizer, resolve_tasks(list(plan.probe_tasks)), limit=plan.probe_limit,
                             batch_size=plan.probe_batch_size) if plan.probe_tasks else []
+    begin("done")
     return Evaluation(rows, probes, {"metrics": t_metrics, "probes": time.perf_counter() - t0 - t_metrics}, points)
 
 

@@ -205,8 +205,11 @@ def run(cfg: SweepConfig, build: Path) -> tuple[str, str | None]:
     store = ArtifactStore(cfg.artifact_root if Path(cfg.artifact_root).is_absolute() else REPO / cfg.artifact_root)
     writer = start_writer(cfg.results, ex)
     try:
-        status = run_sweep(cfg, sweep_id, writer, store, None, on_existing="replace", executor=ex,
-                           parallel=False)[run_id]
+        from jobs.progress import SweepBars
+
+        with SweepBars([cell], cfg.checkpoint_every) as bars:  # stderr: statistics, edit batches, evaluations
+            status = run_sweep(cfg, sweep_id, writer, store, None, on_existing="replace", executor=ex,
+                               parallel=False, on_progress=bars)[run_id]
         if status != "finished":
             err = _rows(writer, ex, "SELECT error FROM runs WHERE run_id = $r", run_id)[0]["error"]
             return status, err

@@ -136,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list] = {}
     probe_rows: dict[str, list] = {}
     phases = ([] if args.no_pre else ["pre"]) + ["post"]
+    from jobs.progress import stage_bar
+
     for phase in phases:
+        progress, close_bar = stage_bar(f"evaluation ({'unedited' if phase == 'pre' else 'edited'})")  # on stderr
         try:
-            result = evaluate_edited(model, tok, plan, deltas if phase == "post" else None)
+            result = evaluate_edited(model, tok, plan, deltas if phase == "post" else None, progress=progress)
         except NonFiniteError as exc:  # was: NaN deltas scored as a model that gets nothing right
             print(f"error: {ckpt.deltas_path}: {exc}", file=sys.stderr)
             return 1
+        finally:
+            close_bar()
         rows[phase], probe_rows[phase] = result.rows, result.probes
         timings[f"{phase}_rewrite"], timings[f"{phase}_probes"] = result.seconds["metrics"], result.seconds["probes"]
     timings["total"] = time.perf_counter() - t_start

@@ -72,11 +72,14 @@ def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
     from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys
     from cluster.placement import device_gpus, stats_options
 
+    from jobs.progress import SweepBars
+
     runs: dict[str, ModelRun] = {}
+    bars = SweepBars((), cfg.checkpoint_every, edits=False)  # stderr: the shard tasks of computed statistics
 
     def model_run(cell: RunCell) -> ModelRun:
         return runs.setdefault(cell.model.name, ModelRun(cfg, cell.model, "stats", writer, store, RayExecutor(),
-                                                         lambda event: None))
+                                                         bars))
 
     try:
         by_spec = {}
@@ -103,6 +106,7 @@ def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
                   f"{hp.nullspace_threshold:g}, {hp.threshold_mode}): {'computed' if rows else 'cached'} in "
                   f"{info['seconds']:.1f} s; rank/d_k per layer "
                   f"{ {layer: round(k, 4) for layer, k in info['kept'].items()} }")
+        bars.close()
         print(f"artifact store: {store}")
         return 0
     except ResourceError as e:

@@ -251,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("resolved config (hash %s, sweep %s):\n%s", cfg.hash, sweep_id, json.dumps(cfg.to_dict(), indent=1))
 
     import ray
-    from tqdm.auto import tqdm
 
-    from cluster.events import BatchEdited, ProgressEvent
     from cluster.executor import RayExecutor
     from cluster.pipeline import GET_TIMEOUT_S, ResourceError, run_sweep
 
@@ -270,19 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: --resume {sweep_id}: no runs of that sweep in {results}; pass the same --config "
                           "and --set as its first run (they name the results file)", file=sys.stderr)
                     return 2
+            from jobs.progress import SweepBars
+
             cells = list(cfg.cells())
-            batches = sum(-(-c.n_edits // c.batch_size) for c in cells)
-            bar = tqdm(total=batches, desc="edit batches", unit="batch")
-
-            def progress(event: ProgressEvent) -> None:
-                if isinstance(event, BatchEdited):  # one edit batch done
-                    bar.update(1)
-                bar.set_postfix_str(str(event)[-60:], refresh=False)
-
-            with stop_on_signals() as stop:
+            # bars on stderr: key statistics (shards), edit batches, evaluations (rewrite metrics + probes)
+            with stop_on_signals() as stop, SweepBars(cells, cfg.checkpoint_every) as bars:
                 statuses = run_sweep(cfg, sweep_id, writer, store, git_sha(), on_existing=args.rerun, executor=ex,
-                                     on_progress=progress, stop=stop)
-            bar.close()
+                                     on_progress=bars, stop=stop)
             if stop.is_set():
                 stopped = sum(s == "interrupted" for s in statuses.values())
                 notices.append(f"interrupted by {signal.Signals(stop.signum).name}: {stopped} cell(s) stopped at a "
