@@ -43,6 +43,7 @@ class Executor(Protocol):
     def ready(self, refs: Sequence[Any]) -> list[bool]: ...
     def gpus(self) -> float: ...
     def kill(self, actor: Any, no_restart: bool = True) -> None: ...
+    def cancel(self, refs: Sequence[Any]) -> None: ...
 
 
 # --- Ray ---------------------------------------------------------------------------------------
@@ -89,6 +90,14 @@ class RayExecutor:
 
     def kill(self, actor: Any, no_restart: bool = True) -> None:
         self._ray.kill(actor, no_restart=no_restart)
+
+    def cancel(self, refs: Sequence[Any]) -> None:
+        """Cancel the tasks of ``refs`` that have not finished (their workers are stopped); never waits."""
+        for ref in refs:
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception as exc:  # already finished, or its worker already gone: nothing to stop
+                logger.debug("cancel %s: %s", ref, exc)
 
 
 # --- in-process twin ---------------------------------------------------------------------------
@@ -193,6 +202,9 @@ class LocalExecutor:
 
     def ready(self, refs: Sequence[Any]) -> list[bool]:
         return [True for _ in refs]  # in-process calls have finished when they return
+
+    def cancel(self, refs: Sequence[Any]) -> None:
+        pass  # in-process calls have finished when they return: nothing runs to cancel
 
     def gpus(self) -> float:
         return self._gpus

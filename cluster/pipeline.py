@@ -152,7 +152,8 @@ class ModelRun:
             return fetch_statistics(self.ex, keys, self.store.root, m.resolve(m.path), corpus_spec(m, hp.mom2_n_samples),
                                     hp.to_dict(), self.cfg.stats_shards, options, num_gpus,
                                     single_shard=hp.key_budget_multiplier is not None,
-                                    on_shards=lambda done, total: self.on_progress(ShardsComputed(m.name, done, total)))
+                                    on_shards=lambda done, total: self.on_progress(ShardsComputed(m.name, done, total)),
+                                    check_stop=lambda: self.check_stop("during its key statistics"))
 
         handle, first = self.stats.get(keys, fetch)
         if first:

@@ -132,12 +132,15 @@ class StatsHandle:
 def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str, model_path: str, corpus: Any,
                      hparams: Mapping[str, Any], shards: int, options: Mapping[str, Any], num_gpus: float,
                      single_shard: bool = False,
-                     on_shards: Callable[[int, int], None] = lambda done, total: None) -> StatsHandle:
+                     on_shards: Callable[[int, int], None] = lambda done, total: None,
+                     check_stop: Callable[[], None] = lambda: None) -> StatsHandle:
     """The statistics under ``keys``: from the store (read and checked by a task) or computed by shard
     tasks that read their own corpus ranges and merged and stored by a task. Only references, keys and
     small info dicts reach the caller; ``single_shard``: a key budget is defined in corpus order.
     ``on_shards(done, total)``: called when the shard tasks are submitted and whenever more have finished
-    (the driver's progress bar); never called when the statistics come from the store."""
+    (the driver's progress bar); never called when the statistics come from the store. ``check_stop()``:
+    called while the shard tasks run; what it raises (the driver's stop request) cancels them and propagates
+    (nothing is merged or stored)."""
     t0 = time.perf_counter()
     helper = helper_options(options)  # beside the shards: their node kind, no GPU
     load = ex.task(load_stored, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
@@ -152,7 +155,7 @@ def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str
     ranges = shard_ranges(n_docs, 1 if single_shard else shards)
     on_shards(0, len(ranges))
     refs = [shard(model_path, corpus, a, b, dict(hparams), num_gpus) for a, b in ranges]
-    wait_reporting(ex, refs, on_shards)
+    wait_reporting(ex, refs, on_shards, check_stop=check_stop)
     merge = ex.task(merge_and_store, **helper, max_retries=2, retry_exceptions=False, num_returns=2)
     ref, info_ref = merge(keys, store_root, *refs)
     info = ex.get(info_ref, timeout=GET_TIMEOUT_S)  # NonFiniteError on NaN/Inf
@@ -162,12 +165,19 @@ def fetch_statistics(ex: Executor, keys: dict[int, KeyStatsKey], store_root: str
 
 
 def wait_reporting(ex: Executor, refs: Sequence[Any], report: Callable[[int, int], None],
-                   poll_s: float = POLL_S, timeout: float = GET_TIMEOUT_S) -> None:
+                   poll_s: float = POLL_S, timeout: float = GET_TIMEOUT_S,
+                   check_stop: Callable[[], None] = lambda: None) -> None:
     """Wait until every one of ``refs`` has finished (a value or an error; nothing is fetched), calling
-    ``report(done, total)`` whenever more have; at most ``timeout`` seconds (the caller's get times out then)."""
+    ``report(done, total)`` whenever more have; at most ``timeout`` seconds (the caller's get times out then).
+    ``check_stop()`` runs at every poll: when it raises, ``refs`` are cancelled and the exception propagates."""
     total, last = len(refs), -1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        try:
+            check_stop()
+        except BaseException:
+            ex.cancel(list(refs))
+            raise
         done = sum(ex.ready(list(refs)))
         if done != last:
             report(done, total)

@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = report_of(args.db, args.out, args.sweep)
     except (FileNotFoundError, ResultsLockedError, SchemaVersionError, UnknownSweepError) as e:
-        print(f"report: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except duckdb.Error as e:  # not a DuckDB file (or a damaged one): DuckDB's first line names it
-        print(f"report: cannot read {args.db} as a results database: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: cannot read {args.db} as a results database: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"report written: {index}")
     return 0

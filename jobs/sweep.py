@@ -61,7 +61,8 @@ def config_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local Ray ('local': always a new one)."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local Ray ('local': always a new one),
+    watched by :mod:`cluster.watchdog` (stopped when this process dies, even by SIGKILL)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback default; clusters set token mode
@@ -72,6 +73,12 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    node = ray._private.worker.global_worker.node
+    if node is None or not getattr(node, "head", False):
+        return  # joined a running Ray: not ours to stop
+    from cluster.watchdog import start_watchdog
+
+    start_watchdog(node.get_session_dir_path())  # a SIGKILLed driver leaves nothing of its local Ray running
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

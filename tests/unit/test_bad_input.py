@@ -2,7 +2,9 @@
 
 Preflight (no model load, no Ray): every dataset record the cells edit, the results file and the
 artifact store; config validation: a batch larger than its cell's n_edits. The CLI cases run the
-real ``python -m ...`` processes and check the exit code and that stderr is one line, no traceback.
+real ``python -m ...`` processes and check the exit code and that stderr is one line, no traceback
+(the single-input CLI faults, each with the results file and artifacts checked unchanged, are in
+tests/faults/test_faults.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -196,18 +197,6 @@ def test_edit_takes_on_bad_record_like_the_sweep(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_sweep_with_a_text_file_as_results_is_one_line_before_ray(tmp_path: Path) -> None:
-    text = tmp_path / "notes.txt"
-    text.write_text("hello\n")
-    t0 = time.monotonic()
-    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", f"results={text}")
-    line = one_line_error(out)
-    assert line.startswith("error: ") and f"results: {text} is not a DuckDB database" in line, line
-    assert "ray" not in (out.stdout + out.stderr).lower()
-    assert time.monotonic() - t0 < 120  # seconds of imports; no model load, no Ray start
-    assert text.read_text() == "hello\n"
-
-
 def test_sweep_lists_every_bad_record_and_output_problem_at_once(tmp_path: Path) -> None:
     path = bad_counterfact(tmp_path)
     out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", f"models.0.counterfact={path}",
@@ -242,15 +231,6 @@ def _registered(tmp: Path, *sets: str) -> list[str]:
     return base
 
 
-def test_resume_against_a_missing_results_file_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "gone" / "r.duckdb"
-    out = cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", f"results={db}", "--resume", "sweep-x")
-    line = one_line_error(out, logged=True)
-    assert line == (f"error: --resume sweep-x: the results file {db} does not exist; pass the same --config and "
-                    "--set as the sweep's first run (they name its results file)"), line
-    assert not db.exists() and not db.parent.exists()
-
-
 def test_resume_with_a_changed_config_is_refused(tmp_path: Path) -> None:
     from jobs.sweep import resume_problem
 
@@ -273,17 +253,7 @@ def test_resume_with_a_changed_config_is_refused(tmp_path: Path) -> None:
     assert "1 cell(s) of the sweep not in this config" in resume_problem(fewer, "s1", allow_new_cells=True)
 
 
-# --- one line, not a traceback (issue 18d) ------------------------------------------------------
-
-@pytest.mark.parametrize("assignment, needle", [
-    ("n_edits=[20", "'n_edits=[20': the value '[20' is not valid YAML (expected ',' or ']', but got '<stream end>')"),
-    ("models.5.num_cpus=1", "'models.5.num_cpus=1': models.5.num_cpus does not name a config key or list item "
-                            "(IndexError"),
-])
-def test_malformed_set_is_one_line(assignment: str, needle: str) -> None:
-    line = one_line_error(cli("jobs.sweep", "--config", str(TOY_CONFIG_PATH), "--set", assignment))
-    assert line.startswith("error: --set: ") and needle in line, line
-
+# --- one line, not a traceback (issue 18d; the CLI cases of tests/faults/test_faults.py are not repeated here) ----
 
 def test_yaml_syntax_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -302,22 +272,6 @@ def _results_db(tmp: Path) -> Path:
     db = tmp / "r.duckdb"
     ResultWriter(db).close()
     return db
-
-
-def test_query_csv_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
-    db = _results_db(tmp_path)
-    target = tmp_path / "nope" / "out.csv"
-    line = one_line_error(cli("storage.query", "--db", str(db), "--sql", "SELECT 1 AS x", "--csv", str(target)))
-    assert line == f"error: --csv {target}: the folder {target.parent} does not exist; create it or give another path"
-    assert not target.parent.exists()
-
-
-def test_report_on_a_non_duckdb_file_is_one_line(tmp_path: Path) -> None:
-    text = tmp_path / "notes.duckdb"
-    text.write_text("hello\n")
-    line = one_line_error(cli("jobs.report", "--db", str(text), "--out", str(tmp_path / "rep")), logged=True)
-    assert line.startswith(f"report: cannot read {text} as a results database: ") and "not a valid DuckDB" in line
-    assert text.read_text() == "hello\n"
 
 
 def test_query_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
