@@ -38,7 +38,7 @@ tr.unedited td { background: #f3f7ff; }
 td.error { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; overflow-wrap: anywhere;
   color: #b00020; }
 table.runs { width: 100%; } table.runs td.run-id { font-family: ui-monospace, monospace; font-size: 11px;
-  overflow-wrap: anywhere; max-width: 360px; }
+  overflow-wrap: anywhere; max-width: 360px; min-width: 180px; }
 tr.run-error th.error-label { background: #fde7ea; color: #b00020; text-align: right; font-weight: 600; }
 .table-wrap { overflow-x: auto; max-width: 100%; }
 td.time { white-space: nowrap; }
@@ -47,11 +47,12 @@ td.time { white-space: nowrap; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); gap: 16px;
   align-items: start; }
 .plots figure.wide { grid-column: 1 / -1; }
-figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; box-sizing: border-box; }
 figure.wide img { width: auto; max-width: 100%; }
 figcaption { font-size: 13px; color: #555; }
 .note { font-size: 12px; color: #666; }
-.attention { border-left: 4px solid #b00020; background: #fff5f6; padding: 6px 12px; }
+.attention { border-left: 4px solid #b00020; background: #fff5f6; padding: 6px 12px; overflow-wrap: anywhere; }
+.meta, .note { overflow-wrap: anywhere; }
 """
 
 # Runs first (errors are recorded from the start), then checks every image on load.
@@ -91,8 +92,10 @@ def _img(plot: Plot) -> str:
     if plot.missing:
         items = ", ".join(_e(m) for m in plot.missing)
         caption = f'<figcaption><span class="missing">missing data: {items}</span></figcaption>'
-    cls = "plot wide" if _png_width(plot.png) >= _WIDE_PX else "plot"
-    return (f'<figure class="{cls}" id="plot-{_e(plot.plot_id)}" data-plot="{_e(plot.plot_id)}">'
+    width = _png_width(plot.png)
+    cls = "plot wide" if width >= _WIDE_PX else "plot"
+    size = f' style="max-width: {width}px"' if 0 < width < _WIDE_PX else ""  # scaled down to fit, never up
+    return (f'<figure class="{cls}" id="plot-{_e(plot.plot_id)}" data-plot="{_e(plot.plot_id)}"{size}>'
             f'<img alt="{_e(plot.title)}" src="data:image/png;base64,{b64}">{caption}</figure>')
 
 
@@ -115,8 +118,8 @@ def _table1_html(table: DatasetTable) -> str:
             f'<td class="num">{_e(row.batch_size if row.batch_size is not None else "")}</td>'
             f'<td class="num">{_e(row.n_edits)}</td><td{runs_cls}>{runs}</td>{cells}</tr>'
         )
-    return (f'<h3>{_e(table.title)}</h3><table class="table1" data-dataset="{_e(table.dataset)}">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return (f'<h3>{_e(table.title)}</h3><div class="table-wrap"><table class="table1" data-dataset="{_e(table.dataset)}">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _frame_table(frame: pl.DataFrame, css_class: str, columns: Sequence[str]) -> str:
@@ -136,7 +139,8 @@ def _frame_table(frame: pl.DataFrame, css_class: str, columns: Sequence[str]) ->
             else:
                 tds.append(f"<td>{_e(v)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<div class="table-wrap"><table class="{css_class}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _runs_html(runs: pl.DataFrame) -> str:

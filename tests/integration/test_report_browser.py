@@ -1,12 +1,16 @@
-"""The HTML report opens in headless Chromium without errors, and a screenshot of it is not blank.
+"""The HTML report opens in headless Chromium without errors, its layout holds at 1400 px, and a
+full-page screenshot of it is not blank.
 
 Needs Debian's ``chromium`` (``make browser``; ``.ci/run`` installs it). Without it the test
-skips, except under CI (env var ``CI`` set), where a missing browser is a failure.
+skips, except under CI (env var ``CI`` set), where a missing browser is a failure. The screenshot
+lies in pytest's tmp dir; with ``REPORT_SCREENSHOT=<path>`` set it is also copied there, to look at.
 """
 
 from __future__ import annotations
 
+import html as htmlmod
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -59,14 +63,53 @@ def _assert_not_blank(png: Path) -> None:
     assert not_white / (img.width * img.height) > 0.02, f"{png}: almost all white"
 
 
-def _make_results_db(path: Path) -> Path:
-    """The hand-made results file of tests/unit/test_report.py (one failed run, one missing metric)."""
-    src = Path(__file__).resolve().parents[1] / "unit" / "test_report.py"
-    spec = importlib.util.spec_from_file_location("_report_unit_fixture", src)
+def _unit_fixture(name: str):
+    src = Path(__file__).resolve().parents[1] / "unit" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_report_unit_fixture_{name}", src)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_results_db(path)
+    return module
+
+
+def _make_results_db(path: Path) -> Path:
+    """The hand-made results file of tests/unit/test_report.py (one failed run, one missing metric)."""
+    return _unit_fixture("test_report").make_results_db(path)
+
+
+def _make_studies_db(path: Path) -> Path:
+    """The results file of tests/unit/test_report_studies.py: seed bands, both studies, drift points."""
+    return _unit_fixture("test_report_studies").make_studies_db(path)
+
+
+# Measures the laid-out page once it has loaded (injected into a copy of the report, so the report itself
+# carries no test code): the viewport, every figure's box per plot grid, and every table whose content is
+# wider than the box it is shown in or whose cells are cut.
+_LAYOUT_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var doc = document.documentElement, grids = [], clipped = [];
+  document.querySelectorAll(".plots").forEach(function (g) {
+    var figs = [];
+    g.querySelectorAll("figure").forEach(function (f) {
+      var r = f.getBoundingClientRect(), img = f.querySelector("img").getBoundingClientRect();
+      figs.push({id: f.dataset.plot, left: r.left, top: r.top, width: r.width, img_width: img.width});
+    });
+    grids.push({width: g.getBoundingClientRect().width, figures: figs});
+  });
+  document.querySelectorAll("table").forEach(function (t, i) {
+    var box = t.parentElement.getBoundingClientRect();
+    var wrapped = t.parentElement.classList.contains("table-wrap");  // scrolls on its own: nothing is lost
+    if (t.scrollWidth > t.parentElement.clientWidth + 1 || t.getBoundingClientRect().right > box.right + 1)
+      clipped.push((wrapped ? "scrolls: " : "") + "table " + i + " (" + t.className + ") wider than its box");
+    t.querySelectorAll("th, td").forEach(function (c) {
+      if (c.scrollWidth > c.clientWidth + 1) clipped.push("cell of table " + i + " (" + t.className + "): "
+        + c.textContent.slice(0, 40));
+    });
+  });
+  document.body.dataset.layout = JSON.stringify({viewport: doc.clientWidth, scroll_width: doc.scrollWidth,
+    height: doc.scrollHeight, grids: grids, clipped: clipped});
+});
+</script>"""
 
 
 def test_blank_check_detects_a_blank_page(tmp_path: Path) -> None:
@@ -98,3 +141,52 @@ def test_report_opens_in_headless_chromium(tmp_path: Path) -> None:
     broken.write_text(html.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1), encoding="utf-8")
     attrs = _body_attrs(_run_chromium(exe, "--dump-dom", broken.as_uri()).stdout)
     assert attrs.get("data-rendered", "").startswith("error"), attrs
+
+
+def _layout(exe: str, page: Path, width: int) -> dict:
+    """The measures of :data:`_LAYOUT_SCRIPT` of ``page`` in a ``width``-px-wide window."""
+    dom = _run_chromium(exe, f"--window-size={width},1000", "--hide-scrollbars", "--force-device-scale-factor=1",
+                        "--dump-dom", page.as_uri()).stdout
+    attrs = _body_attrs(dom)
+    assert attrs.get("data-rendered") == "ok", f"page reported: {attrs.get('data-rendered')!r}"
+    assert "data-layout" in attrs, "the layout script did not run"
+    return json.loads(htmlmod.unescape(attrs["data-layout"]))
+
+
+def test_layout_at_1400px_plots_side_by_side_nothing_clipped_and_a_full_page_screenshot(tmp_path: Path) -> None:
+    exe = _chromium()
+    db = _make_studies_db(tmp_path / "studies.duckdb")
+    index = write_report(db, tmp_path / "report", sweep_id="st")
+    page = tmp_path / "report" / "measured.html"
+    page.write_text(index.read_text(encoding="utf-8").replace("</body>", _LAYOUT_SCRIPT + "</body>"), encoding="utf-8")
+
+    layout = _layout(exe, page, 1400)
+    assert layout["viewport"] == 1400 and layout["scroll_width"] <= layout["viewport"], "the page scrolls sideways"
+    assert layout["clipped"] == [], f"cut tables or cells: {layout['clipped']}"
+    pairs = []
+    for grid in layout["grids"]:
+        figs = grid["figures"]
+        for fig in figs:
+            assert fig["left"] >= 0 and fig["left"] + fig["width"] <= layout["viewport"] + 1, fig
+            assert fig["img_width"] <= fig["width"] + 1, f"image wider than its figure: {fig}"
+        pairs += [(a["id"], b["id"]) for a in figs for b in figs
+                  if abs(a["top"] - b["top"]) < 2 and a["left"] + a["width"] <= b["left"] + 1]
+    assert pairs, "no two plot panels side by side at 1400 px"
+    assert any({"metric-fluency", "metric-consistency"} & set(p) for p in pairs), pairs
+    # one column on a narrow window: no figure beside another
+    narrow = _layout(exe, page, 700)  # wide tables scroll inside their box there; the page itself does not
+    cut = [c for c in narrow["clipped"] if not c.startswith("scrolls: ")]
+    assert narrow["scroll_width"] <= narrow["viewport"] and cut == [], cut
+    for grid in narrow["grids"]:
+        lefts = {round(f["left"]) for f in grid["figures"]}
+        assert len(lefts) == 1, f"figures side by side at 700 px: {grid}"
+
+    shot = tmp_path / "report_full.png"
+    _run_chromium(exe, f"--screenshot={shot}", f"--window-size=1400,{int(layout['height'])}", "--hide-scrollbars",
+                  "--force-device-scale-factor=1", page.as_uri())
+    assert shot.is_file(), "chromium wrote no screenshot"
+    img = Image.open(shot)
+    assert img.size == (1400, int(layout["height"])), f"not the full page: {img.size} vs height {layout['height']}"
+    _assert_not_blank(shot)
+    if os.environ.get("REPORT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["REPORT_SCREENSHOT"])
