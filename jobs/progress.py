@@ -55,12 +55,13 @@ class SweepBars:
 
     def __call__(self, event: ProgressEvent) -> None:
         if isinstance(event, ShardsComputed):
-            if self.stats is None:
-                self.stats = new_bar(0, "key statistics", "shard")
             before = self.shards_done.get(event.model)
             if before is None:  # the model's shard tasks were just submitted
-                self.stats.total += event.total
-                self.stats.refresh()
+                if self.stats is None:
+                    self.stats = new_bar(event.total, "key statistics", "shard")
+                else:
+                    self.stats.total += event.total
+                    self.stats.refresh()
                 before = 0
             self.stats.update(event.done - before)
             self.shards_done[event.model] = event.done
