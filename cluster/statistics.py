@@ -6,8 +6,9 @@
   count (counted by a task), so the shards and their sums are the ones the driver used to cut.
 * **Merging and storing happen in a task** (:func:`merge_and_store`): the exact merge (sums add),
   the finiteness check, one artifact per layer; it returns the merged arrays into the object store
-  (one reference, passed on to the projector task and the editor actor) and a small info dict
-  (artifact rows, key counts) for the driver.
+  (one reference, passed on to the projector task) and a small info dict (artifact rows, key
+  counts) for the driver. The editor actor reads the stored statistics itself, by key
+  (:class:`cluster.workers.EditorWorker`), so a restarted actor needs no object of the driver's.
 * **Stored statistics are read by a task too** (:func:`load_stored`): verified against their full
   key by the store (the manifest holds the key's spec: model id + revision, module, corpus spec,
   sample count, max length, dtype, key budget) and their checksum, then checked finite.
