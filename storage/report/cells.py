@@ -9,7 +9,7 @@ never averaged together. Pure functions over polars frames; nothing here reads t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,12 +104,15 @@ class Study:
         return f"{self.model} · {self.method} · {self.dataset} · b={self.batch_size}"
 
 
-def studies(cells: pl.DataFrame, fields: Iterable[str]) -> list[Study]:
+def studies(cells: pl.DataFrame, fields: Iterable[str], measured: Collection[str] | None = None) -> list[Study]:
     """Groups of cells that differ only in ``fields`` (at least two distinct settings of them), e.g. the
-    threshold study (:data:`THRESHOLD_FIELDS`) or the key budget (:data:`BUDGET_FIELDS`). Failed runs are
-    left out (they have nothing to plot; the runs table lists them)."""
+    threshold study (:data:`THRESHOLD_FIELDS`) or the key budget (:data:`BUDGET_FIELDS`). A failed run
+    counts only when it is in ``measured`` (run ids with rows, e.g. the kept fraction of a threshold that
+    then made every update 0: a finding of the study); other failed runs have nothing to show."""
     fields = tuple(fields)
-    cells = cells.filter(pl.col("status") != names.RunStatus.FAILED.value) if cells.height else cells
+    keep = set(measured or ())
+    cells = cells.filter((pl.col("status") != names.RunStatus.FAILED.value) | pl.col("run_id").is_in(list(keep))) \
+        if cells.height else cells
     if cells.height == 0:
         return []
 
@@ -130,13 +133,15 @@ def studies(cells: pl.DataFrame, fields: Iterable[str]) -> list[Study]:
 
 def final_values(study: Study, run_metrics: pl.DataFrame, run_probes: pl.DataFrame) -> pl.DataFrame:
     """One row per (run, quantity) of a study: run_id, ``quantity`` and ``value``, where a quantity is a
-    rewrite metric of the edited dataset at the run's last evaluation point, a probe (``task.metric``,
-    change from the run's unedited value) there, or a projector row (``kept_fraction.layer<l>``,
+    rewrite metric of the edited dataset at the run's last evaluation point after edits (none for a run
+    that failed before one), a probe (``Δ task.metric``, change from the run's unedited value) there, or a projector row (``kept_fraction.layer<l>``,
     ``projector_distance.layer<l>``, at edits_done 0)."""
     rids = study.cells.select("run_id", pl.col("dataset").alias("run_dataset"))
     m = run_metrics.join(rids, on="run_id")
     edited = m.filter(pl.col("dataset") == pl.col("run_dataset"))
-    last = edited.group_by("run_id").agg(pl.col("edits_done").max().alias("last"))
+    # the last *edited* point: a run that failed before its first evaluation has no rewrite or probe value
+    last = (edited.filter(pl.col("edits_done") > names.UNEDITED_EDITS_DONE)
+            .group_by("run_id").agg(pl.col("edits_done").max().alias("last")))
     rewrite = (edited.join(last, on="run_id").filter(pl.col("edits_done") == pl.col("last"))
                .select("run_id", pl.col("metric").alias("quantity"), "value"))
     proj = (m.filter((pl.col("dataset") == names.DATASET_PROJECTOR) & (pl.col("edits_done") == names.UNEDITED_EDITS_DONE))

@@ -28,6 +28,7 @@ from storage.report.plots import Plot, _figure_legend, _grid, _mark_missing, _pn
 log = logging.getLogger(__name__)
 
 _RELATIVE = "relative"
+_FAILED_COLOR = "#b00020"
 _EDIT_METRICS = (names.METRIC_EFFICACY, names.METRIC_SPECIFICITY)
 
 
@@ -75,7 +76,8 @@ def _layer_label(q: str) -> str:
 
 
 def _study_figure(study: Study, values: pl.DataFrame, title: str, xlabel: str, xs: dict[str, float],
-                  log_x: bool, xticks: dict[float, str] | None, markers: dict[str, str], plot_id: str) -> Plot:
+                  log_x: bool, xticks: dict[float, str] | None, markers: dict[str, str], plot_id: str,
+                  failed: Sequence[str] = ()) -> Plot:
     """One figure of a study: a panel per quantity group, x = the setting's position ``xs[setting]``; settings
     whose marker is not the default one are drawn as separate points (e.g. the relative threshold mode)."""
     panels = _panels(values["quantity"].unique().to_list())
@@ -110,7 +112,13 @@ def _study_figure(study: Study, values: pl.DataFrame, title: str, xlabel: str, x
         ax.grid(alpha=0.3)
         if len(qs) > 1:
             ax.legend(fontsize=7)
+    if failed:  # settings whose runs failed: what they have (e.g. the kept fraction) is drawn, the rest is not
+        fig.supxlabel(f"failed (see the runs table): {', '.join(failed)}", color=_FAILED_COLOR, fontsize=9)
     return Plot(plot_id, f"{title}: {study.title}", _png(fig), tuple(missing))
+
+
+def _failed(study: Study, label: Callable[[dict[str, Any]], str]) -> list[str]:
+    return sorted({label(c) for c in study.cells.to_dicts() if c["status"] == names.RunStatus.FAILED.value})
 
 
 def _values(study: Study, run_metrics: pl.DataFrame, run_probes: pl.DataFrame,
@@ -133,12 +141,14 @@ def _budget_setting(cell: dict[str, Any]) -> str:
 def threshold_plots(cells: pl.DataFrame, run_metrics: pl.DataFrame, run_probes: pl.DataFrame) -> list[Plot]:
     """One figure per threshold study (cells differing only in the threshold and its mode); none without."""
     plots = []
-    for k, study in enumerate(studies(cells, THRESHOLD_FIELDS)):
+    measured = set(run_metrics["run_id"].to_list()) if run_metrics.height else set()
+    for k, study in enumerate(studies(cells, THRESHOLD_FIELDS, measured)):
         values = _values(study, run_metrics, run_probes, _threshold_setting)
         xs = {_threshold_setting(c): float(c["threshold"]) for c in study.cells.to_dicts()}
         markers = {s: ("D" if s.startswith(_RELATIVE + ":") else "o") for s in xs}
         plots.append(_study_figure(study, values, "Threshold sensitivity", "null-space threshold (log; relative: "
-                                   "λ < t·λ_max, diamonds)", xs, True, None, markers, f"threshold-{k}"))
+                                   "λ < t·λ_max, diamonds)", xs, True, None, markers, f"threshold-{k}",
+                                   _failed(study, lambda c: f"{c['threshold']:g} ({c['threshold_mode']})")))
     return plots
 
 
@@ -146,7 +156,8 @@ def budget_plots(cells: pl.DataFrame, run_metrics: pl.DataFrame, run_probes: pl.
     """One figure per key-budget study (cells differing only in ``key_budget_multiplier``); the x axis is
     the multiplier in order, the full corpus at the right; none without such cells."""
     plots = []
-    for k, study in enumerate(studies(cells, BUDGET_FIELDS)):
+    measured = set(run_metrics["run_id"].to_list()) if run_metrics.height else set()
+    for k, study in enumerate(studies(cells, BUDGET_FIELDS, measured)):
         values = _values(study, run_metrics, run_probes, _budget_setting)
         budgets = sorted({float(b) for b in study.cells["key_budget"].to_list() if b is not None})
         order = [repr(b) for b in budgets] + (["full"] if study.cells["key_budget"].is_null().any() else [])
@@ -160,7 +171,9 @@ def budget_plots(cells: pl.DataFrame, run_metrics: pl.DataFrame, run_probes: pl.
                             schema={"run_id": pl.String, "quantity": pl.String, "value": pl.Float64, "setting": pl.String})
         values = pl.concat([values, zero])
         plots.append(_study_figure(study, values, "Key budget (FastMEMIT)", "preserved keys per layer",
-                                   xs, False, ticks, dict.fromkeys(xs, "o"), f"budget-{k}"))
+                                   xs, False, ticks, dict.fromkeys(xs, "o"), f"budget-{k}",
+                                   _failed(study, lambda c: "full corpus" if c["key_budget"] is None
+                                           else f"{c['key_budget']:g}×d_k")))
     return plots
 
 

@@ -162,6 +162,16 @@ def test_threshold_and_budget_studies_are_found_and_read(frames) -> None:
     bvals = final_values(budget[0], data.run_metrics, data.run_probes)
     assert bvals.filter(pl.col("quantity") == names.projector_distance_metric(3))["run_id"].to_list() == [
         "st:budget:h0", "st:budget:h1", "st:budget:h2"]
+    # a failed run counts when it has rows (a threshold whose kept fraction made every update 0), and shows no
+    # rewrite value then (its only evaluation is the unedited one)
+    with_failed = studies(data.cells, THRESHOLD_FIELDS, measured={"st:alphaedit:failed"})
+    assert [(s.batch_size, s.cells.height) for s in with_failed] == [(50, 6), (100, 4)]
+    extra = pl.DataFrame([{"run_id": "st:alphaedit:failed", "dataset": CF, "edits_done": 0, "metric": EFF, "value": 20.0},
+                          {"run_id": "st:alphaedit:failed", "dataset": names.DATASET_PROJECTOR, "edits_done": 0,
+                           "metric": names.kept_fraction_metric(3), "value": 0.0}])
+    failed_vals = final_values(with_failed[1], pl.concat([data.run_metrics, extra], how="vertical_relaxed"),
+                               data.run_probes).filter(pl.col("run_id") == "st:alphaedit:failed")
+    assert failed_vals["quantity"].to_list() == [names.kept_fraction_metric(3)]
     # cells with a single setting are no study
     assert studies(data.cells.filter(pl.col("run_id").str.starts_with("st:memit")), THRESHOLD_FIELDS) == []
 
