@@ -235,3 +235,25 @@ def test_a_huge_lr_fails_its_cell_with_a_reason(observations, tmp_path: Path) ->
     assert error.startswith(("non-finite values in the batch of edits 0-10", "an update that changes nothing in the "
                              "batch of edits 0-10")), error
     assert points == [0], "the unedited evaluation is kept"
+
+
+@pytest.mark.parametrize("config", ["toy.yaml", "default.yaml"])
+def test_what_the_checks_add_to_a_sweeps_start(config: str, observations, tmp_path: Path) -> None:
+    """The checks before Ray starts (config validation + preflight: every record the cells edit, the model
+    config, probes, outputs), timed in-process on a valid config; recorded for docs/faults.md, not asserted."""
+    from cluster.preflight import preflight_problems
+
+    path = REPO_ROOT / "jobs" / "configs" / config
+    t0 = time.perf_counter()
+    try:
+        cfg = load_config(path, [f"results={tmp_path / 'r.duckdb'}", f"artifact_root={tmp_path / 'art'}"])
+        found = preflight_problems(cfg)
+    except Exception as exc:  # e.g. the real model not installed: nothing to time
+        pytest.skip(f"{config}: {exc}")
+    seconds = time.perf_counter() - t0
+    if found:
+        pytest.skip(f"{config}: {found[0]}")
+    observations.append({"case": f"(no fault) checks before Ray: {config}", "input": f"--config jobs/configs/{config}",
+                         "exit": "-", "first_line": f"all checks pass in {seconds:.2f} s (imports not counted)",
+                         "rows_before": None, "rows_after": None, "seconds": round(seconds, 2)})
+    assert not (tmp_path / "r.duckdb").exists(), "the checks create no results file"
