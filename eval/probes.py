@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from alphaedit.models import context_length
 from eval.errors import ExpectedError
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def run_probes(
         pretrained=model,
         tokenizer=tokenizer,
         batch_size=batch_size,
-        max_length=max_length or _model_max_length(model),
+        max_length=max_length or context_length(model),
     )
     was_training = model.training
     try:
@@ -178,11 +179,3 @@ def rows_from_results(res: dict[str, Any]) -> list[ProbeRow]:
                 logger.warning("lm-eval returned NaN for %s %s", task, key)
             rows.append(ProbeRow(task=task, metric=metric, value=number, n_samples=n, filter=filt))
     return rows
-
-
-def _model_max_length(model: Any) -> int:
-    cfg = model.config
-    for attr in ("n_positions", "max_position_embeddings"):
-        if getattr(cfg, attr, None):
-            return int(getattr(cfg, attr))
-    return 2048
