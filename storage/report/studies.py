@@ -16,6 +16,7 @@ Several seeds of a setting: the mean, with min–max error bars.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -203,8 +204,8 @@ def drift_scatter_plots(cells: pl.DataFrame, drift_points: pl.DataFrame) -> list
             if last != names.UNEDITED_EDITS_DONE:
                 ax.scatter(after["x"].to_numpy(), after["y"].to_numpy(), s=9, marker="^", color=colors[cell["method"]],
                            alpha=0.7, label=f"{cell['method']}: edited (last checkpoint)")
-            var = f", {cell['variant']}" if cell["variant"] else ""
-            ax.set_title(f"{cell['method']} (b={cell['batch_size']}{var}) · {last} edits", fontsize=9)
+            head = f"{cell['method']} (b={cell['batch_size']}) · {last} edits"
+            ax.set_title("\n".join([head, *textwrap.wrap(cell["variant"], 48)]), fontsize=8)
             ax.set_xlim(lim[0] - pad_x, lim[1] + pad_x)
             ax.set_ylim(lim[2] - pad_y, lim[3] + pad_y)
             ax.set_xlabel("PC 1 (unedited)")

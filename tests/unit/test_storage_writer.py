@@ -307,7 +307,9 @@ def _file_with(tmp_path, name: str, run_id: str, value: float):
     with ResultWriter(path) as w:
         w.register_runs([spec(run_id, sweep_id=f"s-{run_id}")])
         w.write(metrics=metric_rows(run_id, value),
-                timings=[{"run_id": run_id, "stage": "edit_batch", "seconds": 1.5, "items": 10, "step": 1}])
+                timings=[{"run_id": run_id, "stage": "edit_batch", "seconds": 1.5, "items": 10, "step": 1}],
+                drift_points=[{"run_id": run_id, "edits_done": e, "doc": d, "x": value + d, "y": -1.0 * d}
+                              for e in (0, 10) for d in range(3)])
     return path
 
 
@@ -319,11 +321,12 @@ def test_merge_copies_every_row_and_refuses_clashes_whole(tmp_path):
     assert merge_main(["--into", str(dest), str(a), str(b)]) == 0
     with ResultWriter(dest) as w:
         assert count(w, "runs") == 2 and count(w, "metrics") == 12 and count(w, "timings") == 2
+        assert count(w, "drift_points") == 12  # the Fig. 5 points travel with their runs
         assert w.query("SELECT value FROM metrics WHERE run_id = 'rb' AND edits_done = 10 "
                        "AND metric = 'efficacy'")["value"][0] == 70.0
         assert set(w.merge_from(a).values()) == {0}  # the same rows again (e.g. a shared artifact): skipped
         clash = _file_with(tmp_path, "a2.duckdb", "ra", 50.0)  # the same run with other values
-        with pytest.raises(ValueError, match=r"metrics: 6 row\(s\).*nothing was copied"):
+        with pytest.raises(ValueError, match=r"metrics: 6 row\(s\).*drift_points: 6 row\(s\).*nothing was copied"):
             w.merge_from(clash)
         assert count(w, "runs") == 2 and count(w, "metrics") == 12  # nothing half-copied
         with pytest.raises(FileNotFoundError, match="does not exist"):
