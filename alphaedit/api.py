@@ -45,13 +45,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from alphaedit.decoding import argmax_token, generate_ids
 from alphaedit.editor import BatchReport, Editor, preservation_stats
 from alphaedit.hparams import PRESETS, EditHparams, hparams_for
 from alphaedit.methods import method_spec
 from alphaedit.requests import EditRequest, InvalidRequestError
 from alphaedit.scoring import CounterFactScores, counterfact_probability_scores, mean_over_records
 from alphaedit.stats import SecondMoment
-from alphaedit.tokens import encode, left_pad, model_device, pad_id
+from alphaedit.tokens import encode, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -249,33 +250,13 @@ def answer_from_continuation(text: str, target_new: str) -> str:
     return " ".join(words[: max(1, len(wanted))])
 
 
-@torch.no_grad()
 def greedy_continuations(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 8,
                          batch_size: int = 32) -> list[str]:
     """The greedy (argmax) continuation of each prompt, ``max_new_tokens`` tokens, decoded without the prompt."""
-    device, pad = model_device(model), pad_id(tokenizer)
-    was_training = model.training
-    model.eval()
-    out: list[str] = []
-    try:
-        all_ids = encode(tokenizer, prompts)
-        for start in range(0, len(all_ids), batch_size):
-            batch = all_ids[start : start + batch_size]
-            input_ids, mask = left_pad(batch, pad)  # positions from the mask
-            new: list[torch.Tensor] = []
-            for _ in range(max_new_tokens):
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, w)
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device), use_cache=False).logits[:, -1]  # (b, V)
-                token = logits.float().argmax(-1).cpu()  # (b,)
-                new.append(token)
-                input_ids = torch.cat([input_ids, token[:, None]], dim=1)
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            generated = torch.stack(new, dim=1)  # (b, max_new_tokens)
-            out.extend(tokenizer.decode(row, skip_special_tokens=True) for row in generated.tolist())
-    finally:
-        model.train(was_training)
-    return out
+    prompt_ids = encode(tokenizer, prompts)
+    generated = generate_ids(model, prompt_ids, [max_new_tokens] * len(prompt_ids), argmax_token,
+                             pad=pad_id(tokenizer), batch_size=batch_size)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in generated]
 
 
 def fill_target_true(model: nn.Module, tokenizer, drafts: Sequence[_Draft]) -> list[EditCase]:
