@@ -10,8 +10,11 @@ arithmetic from the shapes in SHAPES. Change GPU_TFLOPS to your cluster's measur
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
+
+from eval.cli import add_log_level, cli_edge
 
 GB = 1e9
 
@@ -136,7 +139,11 @@ def traffic(s: Shape, n_edits: int = 2000, batch: int = 100, eval_every: int = 5
             "checkpoints per cell (checkpoint_every=1)": math.ceil(n_edits / batch) * ckpt / GB}
 
 
-def main() -> None:
+@cli_edge(level="warning")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.scale_plan", description=__doc__.splitlines()[0])
+    add_log_level(p, "warning")
+    p.parse_args(argv)
     print(f"CPU calibration: {cpu_rate() / 1e9:.1f} GFLOP/s sustained (SmolLM2 statistics, measured)")
     print(f"assumed GPU: {GPU_TFLOPS:.0f} TFLOP/s sustained; network {NETWORK_GBps} GB/s; shared FS {SHARED_FS_GBps} GB/s\n")
     for name in ("GPT-J-6B", "Llama-3-8B"):
@@ -157,6 +164,7 @@ def main() -> None:
         print("  traffic per cell: " + ", ".join(f"{k} {v:.1f} GB" for k, v in traffic(s).items()))
         print()
     print(overnight())
+    return 0
 
 
 def overnight(gpus: int = 16, hours: float = 10.0, methods: int = 2) -> str:
@@ -177,4 +185,4 @@ def overnight(gpus: int = 16, hours: float = 10.0, methods: int = 2) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

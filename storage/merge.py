@@ -11,21 +11,22 @@ otherwise (the sources merged before the failure stay merged).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from eval.cli import add_log_level, cli_edge
 from storage.schema import SchemaVersionError
 from storage.sql import ResultsLockedError
 from storage.writer import ResultWriter
 
 
+@cli_edge(level="warning")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m storage.merge", description=__doc__.splitlines()[0])
     p.add_argument("--into", type=Path, required=True, help="destination results file (.duckdb; created if missing)")
     p.add_argument("sources", type=Path, nargs="+", help="results files to copy from (opened read-only)")
+    add_log_level(p, "warning")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         writer = ResultWriter(args.into)
     except (ResultsLockedError, SchemaVersionError, OSError) as e:

@@ -8,9 +8,11 @@ import logging
 import sys
 import time
 
+from eval.cli import add_log_level, cli_edge
 from eval.realworld.install import InstallError, install, verify
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.realworld", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -22,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--datasets-only", action="store_true",
                    help="regenerate the datasets from the committed facts.json (no model, seconds)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split and of the dataset generators")
+    add_log_level(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.time()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
+from eval.cli import add_log_level, cli_edge
 from eval.toyworld.build import MIN_RECALL, ArtifactMismatchError, build, measure_recall, verify_files
 from eval.toyworld.paths import ARTIFACTS_DIR
 from eval.toyworld.train import TrainSpec
@@ -22,6 +22,7 @@ def _print_recall(rec: dict) -> None:
     print(f"{'overall':<22}{rec['overall']:>8.4f}   ({rec['n_prompts']} prompts, threshold {MIN_RECALL})")
 
 
+@cli_edge
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.toyworld", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=str(ARTIFACTS_DIR))
     b.add_argument("--max-steps", type=int, default=TrainSpec.max_steps)
     sub.add_parser("check", help="verify shipped artifacts against the manifest and re-measure recall")
+    add_log_level(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if args.cmd == "build":
         from pathlib import Path

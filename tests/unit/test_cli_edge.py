@@ -78,8 +78,9 @@ def test_one_line_uses_a_config_errors_brief() -> None:
 
 
 @pytest.mark.parametrize("module", ["jobs.sweep", "jobs.stats", "jobs.edit", "jobs.evaluate", "jobs.nightly",
-                                    "jobs.report", "jobs.drift", "jobs.trace", "jobs.bench_core", "storage.query",
-                                    "cluster.configdoc"])
+                                    "jobs.report", "jobs.drift", "jobs.trace", "jobs.bench_core", "jobs.scale_plan",
+                                    "storage.query", "storage.export", "storage.merge", "cluster.configdoc",
+                                    "eval.realworld.__main__", "eval.toyworld.__main__"])
 def test_every_cli_takes_log_level(module: str, capsys) -> None:
     import importlib
 
