@@ -104,7 +104,8 @@ def _table1_html(table: DatasetTable) -> str:
     body = []
     for row in table.rows:
         cls = [row.kind.value] + (["run-failed"] if row.any_failed else [])
-        method = f"paper: {row.method}" if row.kind == RowKind.PAPER else row.method
+        method = _e(f"paper: {row.method}" if row.kind == RowKind.PAPER else row.method) + (
+            f'<div class="note variant">{_e(row.variant)}</div>' if row.variant else "")
         runs = _e(row.runs) + (f'<div class="note">{_e(row.note)}</div>' if row.note else "")
         cells = "".join(
             f'<td class="{c.kind.value}" data-metric="{_e(m)}"'
@@ -114,7 +115,7 @@ def _table1_html(table: DatasetTable) -> str:
         runs_cls = ' class="failed"' if row.any_failed else ""
         body.append(
             f'<tr class="{" ".join(cls)}" data-model="{_e(row.model)}" data-method="{_e(row.method)}" '
-            f'data-kind="{row.kind.value}"><td>{_e(row.model)}</td><td>{_e(method)}</td>'
+            f'data-kind="{row.kind.value}"><td>{_e(row.model)}</td><td>{method}</td>'
             f'<td class="num">{_e(row.batch_size if row.batch_size is not None else "")}</td>'
             f'<td class="num">{_e(row.n_edits)}</td><td{runs_cls}>{runs}</td>{cells}</tr>'
         )

@@ -1,9 +1,9 @@
 """The paper's Table 1 layout for our runs: one table per dataset, the paper's numbers beside ours.
 
 Rows, per model: our unedited model (``edits_done = 0``), the paper's "Pre-edited" row, then
-one row per (method, batch size, n_edits) at each run's final step (mean over seeds, as the
-``method_comparison`` query gives it), each followed by the paper's row for that method when the
-paper has one. A cell without a number says why: ``failed`` (a run of the row failed),
+one row per cell (method, batch size, n_edits, hyper-parameter variant: cells that differ only in
+``hparams_overrides`` are rows of their own, labelled with what differs) at each run's final step
+(mean over seeds), followed by the paper's row for that method when the paper has one. A cell without a number says why: ``failed`` (a run of the row failed),
 ``pending``/``running``/``interrupted`` (not there yet) or ``missing`` (the metric was not computed); never 0.
 """
 
@@ -61,6 +61,7 @@ class TableRow:
     any_failed: bool
     cells: tuple[Cell, ...]  # one per column of the table
     note: str = ""
+    variant: str = ""  # the hyper-parameters this row's cell differs in (storage.report.cells.variant_labels)
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,11 @@ def _paper_row(model_key: str | None, model: str, dataset: str, method: str, met
 
 def build_table1(data: ReportData) -> list[DatasetTable]:
     """Table 1 of our runs, one :class:`DatasetTable` per dataset edited (runs.dataset)."""
-    runs = data.runs.to_dicts()
+    variant = dict(zip(data.cells["run_id"].to_list(), data.cells["variant"].to_list(), strict=True)) \
+        if data.cells.height else {}
+    runs = [{**r, "variant": variant.get(r["run_id"], "")} for r in data.runs.to_dicts()]
     final = data.final.to_dicts()
+    at_end = _final_means(data)
     unedited = data.unedited.to_dicts()
     tables = []
     for dataset in sorted({r["dataset"] for r in runs}):
@@ -139,13 +143,25 @@ def build_table1(data: ReportData) -> list[DatasetTable]:
         for model in sorted({r["model"] for r in ds_runs}):
             m_runs = [r for r in ds_runs if r["model"] == model]
             key = paper.paper_model_key(model, m_runs[0].get("config"))
-            rows.extend(_model_rows(model, key, dataset, metrics, m_runs, ds_final, unedited))
+            rows.extend(_model_rows(model, key, dataset, metrics, m_runs, at_end, unedited))
         tables.append(DatasetTable(dataset, _DATASET_TITLES.get(dataset, dataset), metrics, tuple(rows)))
     return tables
 
 
+def _final_means(data: ReportData) -> dict[tuple[str, ...], dict[str, float]]:
+    """{run_id: {metric: value}} of every run at its final step (edits_done = n_edits) on the dataset it edits."""
+    if data.run_metrics.height == 0:
+        return {}
+    ends = {r["run_id"]: (r["n_edits"], r["dataset"]) for r in data.runs.select("run_id", "n_edits", "dataset").to_dicts()}
+    out: dict[tuple[str, ...], dict[str, float]] = {}
+    for r in data.run_metrics.to_dicts():
+        if ends.get(r["run_id"]) == (r["edits_done"], r["dataset"]):
+            out.setdefault(r["run_id"], {})[r["metric"]] = r["value"]
+    return out
+
+
 def _model_rows(model: str, key: str | None, dataset: str, metrics: Sequence[str], runs: Sequence[dict],
-                final: Sequence[dict], unedited: Sequence[dict]) -> list[TableRow]:
+                at_end: Mapping[str, Mapping[str, float]], unedited: Sequence[dict]) -> list[TableRow]:
     rows: list[TableRow] = []
     base = {u["metric"]: u["value"] for u in unedited if u["model"] == model and u["dataset"] == dataset}
     statuses = [r["status"] for r in runs]
@@ -155,18 +171,21 @@ def _model_rows(model: str, key: str | None, dataset: str, metrics: Sequence[str
     pre = _paper_row(key, model, dataset, paper.UNEDITED, metrics, "")
     if pre is not None:
         rows.append(pre)
-    groups = sorted({(r["method"], r["batch_size"], r["n_edits"]) for r in runs})
-    for method, batch_size, n_edits in groups:
-        g_runs = [r for r in runs if (r["method"], r["batch_size"], r["n_edits"]) == (method, batch_size, n_edits)]
+    groups = sorted({(r["method"], r["batch_size"], r["n_edits"], r["variant"]) for r in runs})
+    for i, (method, batch_size, n_edits, variant) in enumerate(groups):
+        g_runs = [r for r in runs if (r["method"], r["batch_size"], r["n_edits"], r["variant"])
+                  == (method, batch_size, n_edits, variant)]
         g_statuses = [r["status"] for r in g_runs]
-        match = [f for f in final if (f["model"], f["method"], f["batch_size"], f["n_edits"])
-                 == (model, method, batch_size, n_edits)]
-        values = {m: match[0].get(names.TABLE1_HEADERS[m]) for m in metrics} if match else {}
-        n_measured = match[0]["n_runs"] if match else 0
+        measured = [at_end[r["run_id"]] for r in g_runs if r["run_id"] in at_end]
+        values = {m: sum(v[m] for v in measured if m in v) / n for m in metrics
+                  if (n := sum(1 for v in measured if m in v))}
+        n_measured = len(measured)
         summary = _status_summary(g_statuses) + (f"; mean of {n_measured}" if n_measured > 1 else "")
         rows.append(TableRow(RowKind.OURS, model, method, batch_size, n_edits, summary,
                              RunStatus.FAILED in g_statuses,
-                             _value_cells(values, metrics, g_statuses, f"at {n_edits} edits")))
+                             _value_cells(values, metrics, g_statuses, f"at {n_edits} edits"), variant=variant))
+        if i + 1 < len(groups) and groups[i + 1][:3] == (method, batch_size, n_edits):
+            continue  # the paper's row once, after the last variant of the cell
         differs = (n_edits, batch_size) != (paper.PAPER_N_EDITS, paper.PAPER_BATCH_SIZE)
         note = (f"paper protocol {paper.PAPER_N_EDITS} edits, batch {paper.PAPER_BATCH_SIZE}; "
                 f"ours {n_edits} edits, batch {batch_size}") if differs else ""

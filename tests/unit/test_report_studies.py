@@ -205,3 +205,19 @@ def test_study_sections_only_when_such_cells_exist(tmp_path: Path) -> None:
     html = write_report(make_results_db(tmp_path / "r.duckdb"), tmp_path / "rep", sweep_id="s1").read_text(encoding="utf-8")
     for anchor in ("threshold", "budget", "drift"):
         assert f'<h2 id="{anchor}">' not in html
+
+
+def test_table1_has_a_row_per_cell_not_a_mean_over_thresholds(frames) -> None:
+    from storage.report.table1 import RowKind, build_table1
+
+    data, _ = frames
+    cf = next(t for t in build_table1(data) if t.dataset == CF)
+    ours = [r for r in cf.rows if r.kind == RowKind.OURS]
+    b50 = [r for r in ours if r.batch_size == 50]
+    assert len(b50) == 6 and len({r.variant for r in b50}) == 6 and all(r.runs == "1 finished" for r in b50)
+    seeds = next(r for r in ours if r.variant == "nullspace_threshold=0.02" and r.batch_size == 100)
+    eff = cf.metrics.index(EFF)
+    assert seeds.runs == "3 finished; mean of 3" and not seeds.any_failed
+    assert seeds.cells[eff].text == f"{sum(_seed_value('alphaedit', s, 200, EFF) for s in (0, 1, 2)) / 3:.2f}"
+    failed = next(r for r in ours if r.variant == "nullspace_threshold=1e-09")
+    assert failed.runs == "1 failed" and failed.cells[eff].text == "failed"
