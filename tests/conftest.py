@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Tests never reach a hub, and a local Ray head on loopback runs without token auth
@@ -29,13 +30,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch thread for a module, as in a Ray worker with num_cpus=1 (and much faster on a busy
-    2-core machine); the previous count is restored afterwards."""
+@contextlib.contextmanager
+def _one_torch_thread():
+    """One torch thread, as in a Ray worker with num_cpus=1; the previous count is restored on exit."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, as in a Ray worker with num_cpus=1 (and much faster on a busy
+    2-core machine); the previous count is restored afterwards."""
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture
+def one_torch_thread_per_test():
+    """The function-scoped twin of ``one_torch_thread``: one torch thread for a single test."""
+    with _one_torch_thread():
+        yield

@@ -100,9 +100,8 @@ def test_skip_mode_edits_the_first_valid_records_and_counts_the_skipped(tmp_path
     assert load_config(TOY_CONFIG_PATH).hash == load_config(TOY_CONFIG_PATH, ["on_bad_record=fail"]).hash
 
 
+@pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_skipped_records_are_counted_in_the_database(tmp_path: Path) -> None:
-    import torch
-
     from cluster.executor import LocalExecutor
     from cluster.pipeline import run_sweep, start_writer
     from storage.artifacts import ArtifactStore
@@ -114,14 +113,11 @@ def test_skipped_records_are_counted_in_the_database(tmp_path: Path) -> None:
         "hparams_overrides=[{mom2_n_samples: 60, v_num_grad_steps: 2}]", "on_bad_record=skip"])
     ex = LocalExecutor()
     writer = start_writer(str(tmp_path / "r.duckdb"), ex)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         statuses = run_sweep(cfg, "s", writer, ArtifactStore(tmp_path / "art"), None, executor=ex, parallel=False)
         rows = ex.get(ex.call(writer, "query", "SELECT edits_done, dataset, value, n_cases FROM metrics "
                                                "WHERE metric = 'skipped_records'"))
     finally:
-        torch.set_num_threads(threads)
         ex.get(ex.call(writer, "close"))
     assert list(statuses.values()) == ["finished"]
     assert rows.rows() == [(0, "counterfact", 3.0, 13)]

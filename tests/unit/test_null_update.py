@@ -62,6 +62,7 @@ def test_check_changes_and_the_failure_line() -> None:
     assert line == "an update that changes nothing in the batch of edits 0-10 of r1 (NullUpdateError: boom)"
 
 
+@pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_the_cell_fails_with_the_reason_instead_of_finished(tmp_path: Path) -> None:
     from cluster.config import TOY_CONFIG_PATH, load_config
     from cluster.executor import LocalExecutor
@@ -74,15 +75,12 @@ def test_the_cell_fails_with_the_reason_instead_of_finished(tmp_path: Path) -> N
         "hparams_overrides=[{mom2_n_samples: 60, v_num_grad_steps: 2, nullspace_threshold: 0.0}]"])
     ex = LocalExecutor()
     writer = start_writer(str(tmp_path / "r.duckdb"), ex)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         statuses = run_sweep(cfg, "s", writer, ArtifactStore(tmp_path / "art"), None, executor=ex, parallel=False)
         runs = ex.get(ex.call(writer, "query", "SELECT status, error FROM runs")).rows()
         points = ex.get(ex.call(writer, "query", "SELECT DISTINCT edits_done FROM metrics WHERE dataset = "
                                                  "'counterfact' ORDER BY 1"))["edits_done"].to_list()
     finally:
-        torch.set_num_threads(threads)
         ex.get(ex.call(writer, "close"))
     assert list(statuses.values()) == ["failed"]
     (status, error), = runs
