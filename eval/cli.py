@@ -21,7 +21,9 @@ call. What ``main`` raises becomes one line on stderr and an exit code:
   traceback)``, exit 1.
 
 The traceback is printed (before that line) only with ``--log-level debug``. Ray's task errors that
-wrap an expected error are unwrapped to it. Standard library only (and the light ``eval`` package): the CLIs of eval/, storage/, cluster/ and jobs/ use it.
+wrap an expected error are unwrapped to it. Why here: the lowest layer whose package import is light
+(``alphaedit``'s loads torch), so the CLIs of eval/, storage/, cluster/ and jobs/ all use it; it
+imports the standard library only.
 """
 
 from __future__ import annotations
