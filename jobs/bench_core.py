@@ -18,14 +18,19 @@ toy world's. Every figure is measured in this one run, on this machine:
    against the reference's per-request fp32 ``compute_z`` (full forward of every prompt and the
    output layer at every position in every step), run on ``--reference-edits`` requests and given
    per 100 edits; the keys and the closed-form solve of the same AlphaEdit batch.
+   Keys of the same requests, layer by layer as the editor computes them (ours: one pass per row
+   batch stopped after the layer, each context template's shared tokens run once) against the
+   reference procedure (one full-depth forward, output layer included, of every request/context
+   template prompt per layer), the reference on ``--keys-reference-edits`` requests, per 100 edits.
 3. Quality of the two edits (fp32 and ``--v-dtype`` targets, same keys, statistics and projectors):
    efficacy, generalization and specificity of the edited records, and the final z losses.
 4. Rewrite evaluation (probability tests of ``--eval-records`` CounterFact records on the unedited
-   model): ours against one forward per (prompt, target) pair with the full output layer (the
-   previous implementation), per 100 records, and the largest score difference.
+   model, fp32): ours (oneDNN linears, the default) and ours with PyTorch's own linears, against one
+   forward per (prompt, target) pair with the full output layer (the previous implementation), per
+   100 records, and the largest score differences.
 
 The last line is one JSON object with every figure (stats_speedup, targets_speedup,
-targets_s_per_edit, eval_s_per_100_records, ...).
+targets_s_per_edit, keys_speedup, keys_s_per_100_edits, eval_s_per_100_records (fp32), ...).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 
 from alphaedit import compute_key_stats, compute_targets, preset, spec_for
 from alphaedit.editor import compute_deltas
-from alphaedit.hooks import add_at_positions
+from alphaedit.hooks import add_at_positions, capture
 from alphaedit.models import load_model, resolve_device
 from alphaedit.projector import kept_fraction, null_space_projector
 from alphaedit.prompts import request_prompts, subject_prompts
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=int, default=100, help="requests for the targets benchmark (one batch)")
     p.add_argument("--reference-edits", type=int, default=5,
                    help="requests run through the per-request reference compute_z (timed, given per 100)")
+    p.add_argument("--keys-reference-edits", type=int, default=20,
+                   help="requests whose keys the reference procedure computes (timed, given per 100)")
     p.add_argument("--full-docs", type=int, default=100_000,
                    help="corpus documents for the projectors (fp32 vs low dtype, FastMEMIT, the quality section)")
     p.add_argument("--eval-records", type=int, default=100, help="CounterFact records for the evaluation benchmark")
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override an EditHparams field (JSON value), e.g. --set v_lr=0.5")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: stats,targets,quality,eval")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: stats,targets,quality,keys,eval")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_log_level(p, "warning")
     args = p.parse_args(argv)
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             texts = read_texts(corpus, args.full_docs)
             projectors = projectors_from_stats(preservation_stats(model, tok, texts, hp, spec), hp, device)
         bench_targets(model, tok, spec, hp, records, args, device, figures, projectors)
+    if "keys" not in skip:
+        bench_keys(model, tok, spec, hp, records, args, device, figures)
     if "eval" not in skip:
         bench_eval(model, tok, dataset, args, device, figures)
     if args.json:
@@ -161,7 +170,6 @@ def read_texts(path: str, n: int) -> list[str]:
 @torch.no_grad()
 def full_pass_stats(model, tok, texts, spec, layer, kw):
     """The reference's per-layer statistics: a complete forward (output layer included) per batch."""
-    from alphaedit.hooks import capture
     from alphaedit.models import key_dim
     from alphaedit.stats import SecondMoment, _batches
 
@@ -378,6 +386,60 @@ def bench_targets(model, tok, spec, hp, records, args, device, figures, projecto
         figures.update(keys_s_per_batch=seconds["fp32"]["keys"], solve_s_per_batch=seconds["fp32"]["solve"])
 
 
+# --- keys ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def reference_keys(model, tok, spec, requests, templates, layers, batch_rows, fact_token) -> dict[int, torch.Tensor]:
+    """The reference procedure (``compute_ks`` per layer): for every layer a full-depth forward,
+    output layer included, of every request/context-template prompt, the key read at the subject's
+    last token, averaged within each template group, then over the groups. Layer -> (u, d_k)."""
+    flat = flat_templates(templates)
+    prompts = subject_prompts(tok, request_prompts(requests, flat), [r.subject for r in requests for _ in flat],
+                              fact_token)
+    device = next(model.parameters()).device
+    sizes = [len(g) for g in templates]
+    out = {}
+    for layer in layers:
+        name, rows = spec.mlp_out_name(layer), []
+        for s in range(0, len(prompts), batch_rows):
+            chunk = prompts[s : s + batch_rows]
+            ids, mask = right_pad([p.ids for p in chunk], pad_id(tok), device)
+            with capture(model, inputs_of=[name]) as store:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            rows.append(store["in:" + name][torch.arange(len(chunk)), torch.tensor([p.lookup for p in chunk])].float())
+        k = torch.cat(rows).view(len(requests), len(flat), -1)  # (u, T, d_k)
+        out[layer] = torch.stack([g.mean(1) for g in k.split(sizes, dim=1)]).mean(0)  # (u, d_k)
+    return out
+
+
+def bench_keys(model, tok, spec, hp, records, args, device, figures) -> None:
+    from alphaedit import requests_from_counterfact
+    from alphaedit.keys import subject_representations
+
+    requests = requests_from_counterfact(records[: args.edits])
+    layers = list(hp.layers)
+    templates = sample_context_templates(model, tok, hp.template_prefixes, hp.template_samples_per_prefix,
+                                         hp.template_length, hp.template_top_k, hp.template_seed)
+    subject_representations(model, tok, spec, requests[:2], templates, [layers[0]], layers[-1])  # warm-up
+    ours = {}
+    with Timer(device) as t:
+        for layer in layers:  # as the editor does: one call per layer (the model changes between them)
+            ours[layer] = subject_representations(model, tok, spec, requests, templates, [layer], layers[-1],
+                                                  hp.prompt_batch_size, hp.fact_token).keys[layer]
+    k = min(args.keys_reference_edits, len(requests))
+    with Timer(device) as t_ref:
+        ref = reference_keys(model, tok, spec, requests[:k], templates, layers, hp.prompt_batch_size, hp.fact_token)
+    diff = max(float((ours[la][:k] - ref[la]).norm() / ref[la].norm()) for la in layers)
+    per100, ref_per100 = t.s * 100 / len(requests), t_ref.s * 100 / k
+    print(f"keys: {len(requests)} edits x {len(flat_templates(templates))} context templates, layers {layers}: ours "
+          f"{t.s:.2f}s = {per100:.2f}s/100 edits; reference full-depth pass per prompt per layer (on {k} edits) "
+          f"{t_ref.s:.2f}s = {ref_per100:.2f}s/100 edits; speed-up {ref_per100 / per100:.2f}x; "
+          f"max relative |K ours - reference| {diff:.1e}")
+    figures.update(keys_edits=len(requests), keys_s_per_100_edits=per100, keys_reference_edits=k,
+                   keys_reference_s_per_100_edits=ref_per100, keys_speedup=ref_per100 / per100,
+                   keys_max_rel_diff=diff)
+
+
 # --- 4. evaluation ------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -413,6 +475,13 @@ def bench_eval(model, tok, dataset, args, device, figures) -> None:
         counterfact_probability_scores(model, tok, records)
     n = len(prompts)
     exact = score_targets(model, tok, prompts + prompts, news + trues).nll
+    with Timer(device) as t_torch:
+        plain = score_targets(model, tok, prompts + prompts, news + trues, onednn=False).nll
+    flips_torch = float(((exact[:n] < exact[n:]) != (plain[:n] < plain[n:])).float().mean())
+    print(f"eval fp32 with PyTorch's own linears (onednn=False): {t_torch.s * 100 / len(records):.2f}s/100 records, "
+          f"max |NLL - oneDNN NLL| {float((plain - exact).abs().max()):.1e}, outcomes that differ {flips_torch * 100:.2f}%")
+    figures.update(eval_torch_linear_s_per_100_records=t_torch.s * 100 / len(records),
+                   eval_onednn_max_nll_diff=float((plain - exact).abs().max()), eval_onednn_flipped_tests=flips_torch)
     with Timer(device) as t_low:
         low = score_targets(model, tok, prompts + prompts, news + trues, dtype=args.eval_dtype).nll
     flips = float(((exact[:n] < exact[n:]) != (low[:n] < low[n:])).float().mean())
