@@ -42,6 +42,13 @@ def top_k_sampler(top_k: int, generator: torch.Generator) -> NextToken:
     return next_token
 
 
+def _returned_cache(output: object) -> object:
+    """The KV cache a forward returns: ``cache`` in transformers >= 5 (``past_key_values`` there is a
+    deprecated alias that logs a warning on every read), ``past_key_values`` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 @torch.no_grad()
 def decode_batch(model: nn.Module, batch: Sequence[Sequence[int]], n_new: int, next_token: NextToken, *,
                  pad: int) -> torch.Tensor:
@@ -58,7 +65,7 @@ def decode_batch(model: nn.Module, batch: Sequence[Sequence[int]], n_new: int, n
     for _ in range(n_new):
         res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                     **cache_kwargs(model, cache))
-        cache = res.past_key_values
+        cache = _returned_cache(res)
         token = next_token(res.logits[:, -1].float())  # (b,)
         new_tokens.append(token)
         step_ids = token[:, None].to(device)  # (b, 1)
