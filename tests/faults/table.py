@@ -6,6 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shown(text: str, tmp: Path | str | None = None, width: int = 160) -> str:
+    """``text`` for the table: a test's temporary folder as <tmp>, repository paths relative, cut at ``width``."""
+    if tmp is not None:
+        text = text.replace(str(tmp), "<tmp>")
+    text = text.replace(f"{REPO}/", "")
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _cell(text: object) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import REPO_ROOT, TOY_CONFIG_PATH, load_config
+from tests.faults.table import shown
 
 pytestmark = pytest.mark.faults
 
@@ -36,14 +37,20 @@ TABLES = ("runs", "metrics", "probes", "timings", "artifacts")
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) [\w.]+: ")
 
 
-def shown(text: str, tmp: Path) -> str:
-    """``text`` for the table: the test's temporary folder as <tmp>, repository paths relative."""
-    return text.replace(str(tmp), "<tmp>").replace(f"{REPO_ROOT}/", "")[:160]
-
-
 def first_line(stderr: str) -> str:
     """The first line of ``stderr`` that is not a log record (``<time> INFO|WARNING <logger>: ...``)."""
     return next((ln for ln in stderr.splitlines() if ln.strip() and not LOG_RECORD.match(ln)), "")
+
+
+def headline(stderr: str) -> str:
+    """The first line for the table; a list of problems (``...:`` then ``  - ...`` lines) with its first one."""
+    lines = stderr.splitlines()
+    first = first_line(stderr)
+    at = lines.index(first) if first in lines else -1
+    if first.endswith(":") and 0 <= at < len(lines) - 1 and lines[at + 1].startswith("  - "):
+        n = sum(ln.startswith("  - ") for ln in lines[at + 1:])
+        return f"{first} {lines[at + 1].strip()} (+{n - 1} more)" if n > 1 else f"{first} {lines[at + 1].strip()}"
+    return first
 
 
 def rows(db: Path) -> int | None:
@@ -162,7 +169,8 @@ def test_fault_is_one_line_and_changes_nothing(world, observations, case, given,
                          timeout=300)
     seconds = time.monotonic() - t0
     first = first_line(out.stderr)
-    observations.append({"case": case, "input": given, "exit": out.returncode, "first_line": shown(first, world["tmp"]),
+    observations.append({"case": case, "input": given, "exit": out.returncode,
+                         "first_line": shown(headline(out.stderr), world["tmp"]),
                          "rows_before": n_before, "rows_after": rows(world["db"]), "seconds": round(seconds, 1)})
     assert out.returncode == code, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -194,7 +202,7 @@ def test_locked_results_file_is_refused_and_kept(world, observations, tmp_path: 
         holder.wait()
     first = first_line(out.stderr)
     observations.append({"case": "results file locked", "input": "results held by another writer process",
-                         "exit": out.returncode, "first_line": shown(first, tmp_path), "rows_before": n_before,
+                         "exit": out.returncode, "first_line": shown(headline(out.stderr), tmp_path), "rows_before": n_before,
                          "rows_after": rows(db)})
     assert out.returncode == 2 and first.startswith("error: ") and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert rows(db) == n_before
@@ -229,7 +237,7 @@ def test_a_huge_lr_fails_its_cell_with_a_reason(observations, tmp_path: Path) ->
         torch.set_num_threads(threads)
         ex.get(ex.call(writer, "close"))
     observations.append({"case": "--set 1.0e+30 lr (runs)", "input": "hparams_overrides=[{v_lr: 1.0e+30}]",
-                         "exit": f"cell {status}", "first_line": f"runs.error: {error}"[:160], "rows_before": None,
+                         "exit": f"cell {status}", "first_line": shown(f"runs.error: {error}"), "rows_before": None,
                          "rows_after": None})
     assert list(statuses.values()) == ["failed"] and status == "failed", error
     assert error.startswith(("non-finite values in the batch of edits 0-10", "an update that changes nothing in the "

@@ -26,6 +26,7 @@ from cluster.watchdog import session_processes
 from cluster.workers import checkpoint_key
 from storage.artifacts import ArtifactStore
 from storage.hashing import config_hash
+from tests.faults.table import shown
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -124,7 +125,7 @@ def test_signal_then_resume_finishes(tmp_path: Path, sig: signal.Signals, observ
     still = left()
     rows_after_fault = _rows(tmp_path / "r.duckdb")
     observations.append({"case": f"{sig.name} then --resume", "input": f"kill -{sig.name[3:]} <driver> after 10 of 40 edits",
-                         "exit": rc, "first_line": (stderr.strip().splitlines() or [""])[-1][:160]
+                         "exit": rc, "first_line": shown((stderr.strip().splitlines() or [""])[-1], tmp_path)
                          if sig != signal.SIGKILL else "(killed: nothing printed)",
                          "rows_before": rows_after_fault, "rows_after": None})
     assert len(tree) >= 3 and not still, f"processes of the driver's Ray session {session} still running: {still}"
@@ -178,7 +179,7 @@ def test_a_stop_during_the_statistics_cancels_them(tmp_path: Path, observations)
             proc.kill()
     last = stderr.strip().splitlines()[-1]
     observations.append({"case": "SIGINT during the statistics", "input": "kill -INT <driver> while the shard "
-                         "task runs", "exit": proc.returncode, "first_line": last[:160],
+                         "task runs", "exit": proc.returncode, "first_line": shown(last, tmp_path),
                          "rows_before": None, "rows_after": _rows(tmp_path / "r.duckdb")})
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
