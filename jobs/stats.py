@@ -71,7 +71,6 @@ def compute_all(cfg: SweepConfig, writer: Any, store: Any) -> int:
     from cluster.executor import RayExecutor
     from cluster.pipeline import ModelRun, ResourceError, cell_stats_keys
     from cluster.placement import device_gpus, stats_options
-
     from jobs.progress import SweepBars
 
     runs: dict[str, ModelRun] = {}
