@@ -11,8 +11,10 @@ both get them (they are not a schema version: nothing stored changes). Every vie
   each stage's ``timings.items`` counts (and which stage contains it).
 * ``v_metrics``: ``metrics``, long, with ``unit`` (per-layer metrics such as ``kept_fraction.layer3`` take the
   unit of their ``kept_fraction.layer*`` entry in ``metric_units``).
-* ``v_points``: one row per run x dataset x ``edits_done`` (an evaluation point), one column per
-  rewrite metric (``dataset`` here and in ``v_metrics`` is the dataset measured, ``metrics.dataset``).
+* ``v_points``: one row per run x dataset x ``edits_done`` (an evaluation point) that has at least one
+  rewrite metric, one column per rewrite metric (``dataset`` here and in ``v_metrics`` is the dataset
+  measured, ``metrics.dataset``); the other metrics' datasets (``projector``: kept_fraction and
+  projector_distance, ``preserved``: drift) and metrics (``skipped_records``) are in ``v_metrics`` only.
 * ``v_probes``: ``probes``, long, with ``probe = task.metric``, the run's unedited value and the delta.
 * ``v_probe_points``: one row per run x ``edits_done`` with every probe in one MAP column, ``probes``
   (``probes['real_knowledge.acc']``): the tasks are data, and a view cannot pivot on data in DuckDB.
@@ -100,8 +102,10 @@ STAGE_UNITS: dict[str, StageUnit] = {
     names.STAGE_SOLVE: StageUnit("edits", names.STAGE_EDIT_BATCH, "closed-form solves of a batch"),
     names.STAGE_CHECKPOINT: StageUnit("bytes", None, "writing (or, on resume, reading) a checkpoint"),
     names.STAGE_REWRITE_EVAL: StageUnit("records", None, "rewrite metrics at an evaluation point (runs beside "
-                                        "the editing)"),
-    names.STAGE_PROBE: StageUnit(None, None, "lm-eval probes at an evaluation point (runs beside the editing)"),
+                                        "the editing; at step 0, the unedited evaluation, charged to the run that "
+                                        "computed it: ~0 in the runs that reused it)"),
+    names.STAGE_PROBE: StageUnit(None, None, "lm-eval probes at an evaluation point (runs beside the editing; "
+                                 "step 0 as rewrite_eval)"),
 }
 
 _RUN_COLUMNS = "r.model, r.method, r.dataset, r.batch_size, r.n_edits, r.seed"
@@ -156,6 +160,7 @@ def _points_sql() -> str:
     {pivot},
     {_RUN_IDS}
 FROM metrics AS m JOIN runs AS r ON r.run_id = m.run_id
+WHERE m.metric IN {_in(names.COUNTERFACT_METRICS)}
 GROUP BY ALL
 ORDER BY r.model, r.method, m.dataset, r.batch_size, r.n_edits, r.seed, r.run_id, m.edits_done"""
 
@@ -212,8 +217,9 @@ VIEWS: tuple[ViewSpec, ...] = (
              "whose seconds already contain it (part_of) and meaning.", _stage_units_sql()),
     ViewSpec("v_metrics", "metrics joined with its run (model, method, batch_size, n_edits, seed) and its unit; "
              "one row per run x dataset x edits_done x metric.", _METRICS_SQL),
-    ViewSpec("v_points", "One row per run x dataset x edits_done (an evaluation point), one column per rewrite "
-             "metric (units in metric_units; NULL where not measured).", _points_sql()),
+    ViewSpec("v_points", "One row per run x dataset x edits_done (an evaluation point) with at least one rewrite "
+             "metric, one column per rewrite metric (units in metric_units; NULL where not measured). The "
+             "projector and preserved (drift) datasets and skipped_records are in v_metrics only.", _points_sql()),
     ViewSpec("v_probes", "probes joined with its run; probe = task.metric, unit, the run's unedited value "
              "(edits_done 0) and delta = value - unedited.", _PROBES_SQL),
     ViewSpec("v_probe_points", "One row per run x edits_done with probes: probes is a MAP from task.metric to "
