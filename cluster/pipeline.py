@@ -14,6 +14,11 @@ the progress events in :mod:`cluster.events` (the names used from here are impor
   several models run in parallel on different actors.
 * Every ``eval_every`` edits the actor's deltas go (as an ObjectRef, never through the driver) to
   a probe task that computes rewrite metrics and lm-eval probes while the actor keeps editing.
+* The evaluation of the unedited model (0 edits) is computed once per key
+  (:func:`cluster.plan.unedited_key`: model, records, metric and probe settings, device, code version)
+  and stored in the artifact store: the cells of a sweep with the same key share one task's rows, and
+  later sweeps (resume, ``--rerun replace``, the nightly) read them from the store. Each cell still
+  writes its own rows at ``edits_done`` 0; the seconds are charged to the cell that computed them.
 * One writer actor owns the DuckDB file; tasks return rows and never open it.
 * Resume: the editor checkpoints its state to the artifact store every ``checkpoint_every``
   batches and at every evaluation point. A dead editor actor is restarted (``editor_max_restarts``)
@@ -43,7 +48,7 @@ from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.events import BatchEdited, PointEvaluated, ProgressEvent, ShardsComputed
 from cluster.executor import Executor, RayExecutor
 from cluster.keys import cell_stats_keys, corpus_spec, projector_keys
-from cluster.plan import CellData, cell_data, editor_actor_name, eval_request, plan_cell
+from cluster.plan import CellData, cell_data, editor_actor_name, eval_request, plan_cell, unedited_key
 from cluster.statistics import StatsHandle, StatsSource, fetch_statistics
 from cluster.workers import (
     CellFailed,
@@ -52,6 +57,7 @@ from cluster.workers import (
     StoredDeltas,
     describe_failure,
     evaluate_checkpoint,
+    evaluate_unedited,
     null_space_projectors,
     projector_distances,
 )
@@ -119,6 +125,7 @@ class ModelRun:
     on_progress: Callable[[ProgressEvent], None]
     stop: threading.Event | None = None  # set by the driver's signal handler: stop at the next batch boundary
     eval_task: Callable[..., Any] | None = None
+    unedited_task: Callable[..., Any] | None = None
     editor: Any = None
     editors_started: int = 0
     stats: StatsSource = field(default_factory=StatsSource)
@@ -126,7 +133,8 @@ class ModelRun:
     projector_sets: dict[tuple[str, ...], dict[int, ProjectorKey]] = field(default_factory=dict)  # id -> stored keys
     projector_id: tuple[str, ...] | None = None
     projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
-    unedited: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    unedited: dict[str, Any] = field(default_factory=dict)  # UneditedEvalKey digest -> the evaluation's reference
+    unedited_collected: set[str] = field(default_factory=set)  # digests whose rows a cell has written
     # (run id, projector keys, key budget multiplier, (threshold, mode)) of each cell with projectors, and the
     # budgeted runs whose projector_distance rows are written (FastMEMIT's key budget vs the full corpus)
     projector_runs: list[tuple[str, dict[int, Any], float | None, tuple[float, str]]] = field(default_factory=list)
@@ -261,6 +269,7 @@ class CellRun:
         self.last_ok = 0
         self.begun = False  # whether the current attempt's `begin` went through
         self.data: CellData | None = None
+        self.unedited_digest = ""  # the key of its unedited evaluation (:meth:`unedited`)
 
     def write(self, **rows: Any) -> None:
         self.writes.append(self.mr.ex.call(self.mr.writer, "write", **rows))
@@ -395,11 +404,35 @@ class CellRun:
         return mr.eval_task(mr.model.resolve(mr.model.path), deltas, req, gpus)
 
     def unedited(self) -> Any:
-        """The evaluation of the unedited model, shared by the cells with the same records."""
-        key = (self.cell.dataset, self.cell.n_edits, self.cell.seed)
-        if key not in self.mr.unedited:
-            self.mr.unedited[key] = self.evaluate(0, self.mr.ex.put({}))
-        return self.mr.unedited[key]
+        """The evaluation of the unedited model: one task per :func:`cluster.plan.unedited_key` in this model
+        run, whose reference every cell with that key shares; the task reads it from the artifact store
+        when an earlier sweep (or an earlier attempt of this one) stored it, else computes and stores it."""
+        mr = self.mr
+        assert self.data is not None and mr.unedited_task is not None
+        req = eval_request(mr.cfg, self.cell, self.run_id, self.data, 0)
+        gpus = placement.device_gpus(placement.eval_options(mr.cfg, mr.model))
+        key = unedited_key(mr.model, req, "cuda" if gpus > 0 else "cpu")
+        self.unedited_digest = key.digest()
+        if self.unedited_digest not in mr.unedited:
+            mr.unedited[self.unedited_digest] = mr.unedited_task(mr.model.resolve(mr.model.path), key, req,
+                                                                 mr.store.root, gpus)
+        return mr.unedited[self.unedited_digest]
+
+    def unedited_timings(self, out: dict[str, Any]) -> dict[str, float]:
+        """The seconds of the unedited evaluation ``out`` charged to this cell (and its artifact row recorded):
+        all of them to the first cell that writes a computed one; a reuse gets what it took (the store read
+        for the first cell of a stored one, 0 for the cells sharing this model run's)."""
+        mr, digest = self.mr, self.unedited_digest
+        first = digest not in mr.unedited_collected
+        mr.unedited_collected.add(digest)
+        if first and not out["reused"]:
+            if out["record"] is not None:
+                self.writes.append(mr.ex.call(mr.writer, "record_artifacts", [out["record"]]))
+            logger.info("%s: unedited evaluation computed and stored as %s", self.run_id, digest)
+            return out["timings"]
+        logger.info("%s: unedited evaluation reused from %s (%s)", self.run_id, digest,
+                    "the artifact store" if first else "this sweep's")
+        return out["timings"] if first else {"metrics": 0.0, "probes": 0.0}
 
     def collect(self, upto: int, strict: bool, only_ready: bool = False) -> None:
         """Write the evaluations of points <= ``upto``; lenient (``strict=False``) skips failed ones;
@@ -412,14 +445,17 @@ class CellRun:
             try:
                 out = _for_run(self.mr.get(ref), self.run_id)
             except Exception as exc:
+                if p == 0:  # the next cell with this key asks again
+                    self.mr.unedited.pop(self.unedited_digest, None)
                 if strict:
                     raise
                 logger.warning("%s: evaluation at %d edits lost (%s); it is redone on resume", self.run_id, p,
                                type(_cause(exc)).__name__)
                 continue
+            seconds = self.unedited_timings(out) if p == 0 else out["timings"]
             self.write(metrics=out["metrics"], probes=out["probes"], drift_points=out["drift_points"], timings=[
-                _timing(self.run_id, names.STAGE_REWRITE_EVAL, out["timings"]["metrics"], out["n_records"], p),
-                _timing(self.run_id, names.STAGE_PROBE, out["timings"]["probes"], None, p)])
+                _timing(self.run_id, names.STAGE_REWRITE_EVAL, seconds["metrics"], out["n_records"], p),
+                _timing(self.run_id, names.STAGE_PROBE, seconds["probes"], None, p)])
             self.written.add(p)
             self.mr.on_progress(PointEvaluated(self.run_id, p))
 
@@ -450,6 +486,7 @@ def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sw
     require_gpus(model.num_gpus, f"editor for {model.name}", ex)
     mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress, stop)
     mr.eval_task = ex.task(evaluate_checkpoint, **placement.eval_options(cfg, model), max_retries=2)
+    mr.unedited_task = ex.task(evaluate_unedited, **placement.eval_options(cfg, model), max_retries=2)
     statuses: dict[str, str] = {}
     try:
         for cell in cells:

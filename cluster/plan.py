@@ -1,4 +1,5 @@
-"""The plan of one run cell: its records, what each evaluation scores, its batches and checkpoints."""
+"""The plan of one run cell: its records, what each evaluation scores (and the key of its unedited
+evaluation), its batches and checkpoints."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.config import RunCell, SweepConfig
+from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.workers import EvalRequest
+from storage.artifacts import UneditedEvalKey
 
 
 @dataclass
@@ -122,6 +124,39 @@ def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, e
                        snippets_source=data.snippets, tfidf_sources=data.tfidf, seed=cell.seed,
                        zsre_answer_tokens=cfg.metrics.zsre_answer_tokens, drift_corpus=drift_corpus,
                        drift_layer=cell.hparams().layers[-1])
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of one file (cached per path, size and modification time; the hash of :mod:`cluster.keys`)."""
+    from cluster.keys import _folder_sha256
+
+    p = Path(path)
+    stat = p.stat()
+    return _folder_sha256(str(p.parent), ((p.name, stat.st_size, stat.st_mtime_ns),))
+
+
+def unedited_key(model: ModelConfig, req: EvalRequest, device: str, dtype: str = "float32") -> UneditedEvalKey:
+    """The artifact key of the unedited evaluation ``req`` asks for (``req.edits_done`` 0) on ``device``
+    (``"cpu"``/``"cuda"``): cells whose requests give the same key get the same rows, so the evaluation
+    is computed once (per sweep, and across sweeps on one artifact store). Inputs that do not change
+    the numbers are normalised away: the seed, snippets and TF-IDF files without generation metrics,
+    the drift block without drift documents."""
+    from cluster.keys import model_revision
+    from eval.suite import evaluation_code_version
+    from storage.hashing import canonical_json, sha256_hex
+
+    generation = req.dataset == "counterfact" and req.generation_records > 0 and bool(req.records)
+    drift = req.drift_corpus is not None
+    return UneditedEvalKey(
+        model_id=model.path, revision=model_revision(model), dataset=req.dataset,
+        records=sha256_hex(canonical_json(list(req.records)).encode("utf-8")), n_records=len(req.records),
+        generation_records=req.generation_records if generation else 0, seed=req.seed if generation else 0,
+        snippets=_file_sha256(req.snippets_source) if generation and req.snippets_source else None,
+        tfidf=(sha256_hex("".join(_file_sha256(f) for f in req.tfidf_sources).encode())
+               if generation and req.tfidf_sources else None),
+        zsre_answer_tokens=req.zsre_answer_tokens, probe_tasks=tuple(req.probe_tasks), probe_limit=req.probe_limit,
+        probe_batch_size=req.probe_batch_size, drift_corpus=req.drift_corpus.key() if drift else None,
+        drift_layer=req.drift_layer if drift else None, device=device, dtype=dtype, code=evaluation_code_version())
 
 
 @dataclass(frozen=True)

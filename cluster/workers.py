@@ -34,6 +34,7 @@ from alphaedit.state import EditState, restore_weights, snapshot_weights
 from alphaedit.stats import compute_key_stats, key_budget
 from alphaedit.targets import StuckTargetError
 from storage.artifacts import (
+    ROWS,
     ArtifactCorruptError,
     ArtifactError,
     ArtifactNotFoundError,
@@ -42,6 +43,7 @@ from storage.artifacts import (
     Codec,
     KeyStatsKey,
     ProjectorKey,
+    UneditedEvalKey,
 )
 
 logger = logging.getLogger(__name__)
@@ -534,3 +536,28 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
                    "value": p.value} for p in result.probes]
     return {"metrics": metric_rows, "probes": probe_rows, "timings": result.seconds, "n_records": len(req.records),
             "drift_points": drift_point_rows(req.run_id, req.edits_done, result.drift_points)}
+
+
+def evaluate_unedited(model_path: str, key: UneditedEvalKey, req: EvalRequest, store_root: str,
+                      num_gpus: float = 0.0, dtype: str = "float32") -> dict[str, Any]:
+    """The unedited model's evaluation of ``req``: read from the artifact store under ``key``, or computed
+    by :func:`evaluate_checkpoint` (no deltas) and stored there. The rows carry the run id of the request
+    that computed them (:func:`cluster.pipeline` relabels them per cell). Adds ``reused`` (whether the
+    store had them; ``timings`` is then the read's), ``record`` (the artifact row when stored here) and
+    ``key`` (the digest). A worker whose device is not the key's computes without the store."""
+    t0 = time.perf_counter()
+    store = ArtifactStore(store_root)
+    device = pick_device(num_gpus).type
+    if device != key.device or dtype != key.dtype:
+        logger.warning("unedited evaluation on %s/%s, its key says %s/%s: computed, not stored", device, dtype,
+                       key.device, key.dtype)
+        return {**evaluate_checkpoint(model_path, {}, req, num_gpus, dtype), "reused": False, "record": None,
+                "key": None}
+    got = store.get_valid(key, ROWS)  # None: not stored, or corrupt (then deleted)
+    if got is not None:
+        out, record = got
+        return {**out, "timings": {"metrics": time.perf_counter() - t0, "probes": 0.0}, "reused": True,
+                "record": None, "key": record.key}
+    out = evaluate_checkpoint(model_path, {}, req, num_gpus, dtype)
+    record = store.put(key, out, ROWS)
+    return {**out, "reused": False, "record": record.as_row(), "key": record.key}

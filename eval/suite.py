@@ -11,6 +11,7 @@ nothing); the base weights are restored afterwards.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,32 @@ def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
                             batch_size=plan.probe_batch_size) if plan.probe_tasks else []
     begin("done")
     return Evaluation(rows, probes, {"metrics": t_metrics, "probes": time.perf_counter() - t0 - t_metrics}, points)
+
+
+@functools.lru_cache(maxsize=1)
+def evaluation_code_version() -> str:
+    """sha256 of what the evaluation's numbers depend on besides its inputs: the sources of the
+    ``eval`` and ``alphaedit`` packages (scoring, generation, drift, probes, model loading) and the
+    versions of torch, transformers and lm-eval. Part of the key of a stored evaluation
+    (:class:`storage.artifacts.UneditedEvalKey`), so a change to any of them recomputes it."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    import alphaedit
+
+    h = hashlib.sha256()
+    for package in (Path(__file__).parent, Path(alphaedit.__file__).parent):
+        for source in sorted(package.rglob("*.py")):
+            h.update(f"{package.name}/{source.relative_to(package).as_posix()}\0".encode())
+            h.update(source.read_bytes())
+    for dist in ("torch", "transformers", "lm_eval"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "absent"
+        h.update(f"{dist}=={version}\0".encode())
+    return h.hexdigest()
 
 
 def drift_point_rows(run_id: str, edits_done: int, points: Sequence[DriftPoint]) -> list[dict[str, Any]]:

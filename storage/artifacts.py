@@ -1,4 +1,5 @@
-"""Artifact store: expensive results (key statistics, projectors, checkpoints) stored once, verified.
+"""Artifact store: expensive results (key statistics, projectors, checkpoints, the unedited evaluation) stored
+once, verified.
 
 An artifact is found by its **key**, a frozen dataclass holding everything that changes its
 content (model id and revision, module, corpus, sample count, max length, dtype, threshold ...).
@@ -163,6 +164,44 @@ class CheckpointKey(ArtifactKey):
             raise ValueError(f"CheckpointKey.edits_done must be an int >= 0, got {self.edits_done!r}")
 
 
+@dataclass(frozen=True)
+class UneditedEvalKey(ArtifactKey):
+    """The evaluation of the unedited model (rows of ``cluster.workers.evaluate_checkpoint`` at 0 edits).
+
+    Everything the numbers depend on: the model (id + revision), the records scored (``records``:
+    sha256 of their canonical JSON, so the dataset's content, ``n_edits``, skipped malformed records
+    and ``metrics.max_records`` are all in it), the generation settings (``seed``, the snippets' and
+    TF-IDF files' sha256; normalised away without generation), the probes, the drift documents
+    (corpus spec) and block, the device type and dtype, and ``code``: the evaluation code's version
+    (:func:`eval.suite.evaluation_code_version`).
+    """
+
+    kind: ClassVar[str] = names.ARTIFACT_UNEDITED_EVAL
+    model_id: str
+    revision: str
+    dataset: str
+    records: str  # sha256 of the records' canonical JSON
+    n_records: int
+    generation_records: int
+    seed: int
+    snippets: str | None  # sha256 of the attribute snippets file (None: no consistency)
+    tfidf: str | None  # sha256 of the vocabulary and idf files
+    zsre_answer_tokens: str
+    probe_tasks: tuple[Any, ...]
+    probe_limit: int | float | None
+    probe_batch_size: int
+    drift_corpus: str | None  # eval.corpus.CorpusSpec.key() of the drift documents (None: no drift)
+    drift_layer: int | None
+    device: str  # "cpu" | "cuda"
+    dtype: str
+    code: str
+
+    def __post_init__(self) -> None:
+        _require_str(self, "model_id", "revision", "dataset", "records", "device", "dtype", "code")
+        if not isinstance(self.n_records, int) or self.n_records < 0:
+            raise ValueError(f"UneditedEvalKey.n_records must be an int >= 0, got {self.n_records!r}")
+
+
 # --- codecs ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Codec(Generic[T]):
@@ -217,6 +256,15 @@ NPY: Codec[np.ndarray] = Codec("npy", "npy", _encode_npy, _decode_npy)
 JSON: Codec[Any] = Codec("json", "json", _encode_json, _decode_json)
 #: Raw bytes.
 BYTES: Codec[bytes] = Codec("bytes", "bin", _identity, _identity)
+
+
+def _encode_rows(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+#: Result rows as JSON: floats round-trip exactly (``repr``) and NaN/Infinity are kept (a metric
+#: may be NaN), which canonical :data:`JSON` refuses.
+ROWS: Codec[Any] = Codec("json-rows", "json", _encode_rows, _decode_json)
 
 
 # --- records -----------------------------------------------------------------------------------

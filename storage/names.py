@@ -157,3 +157,4 @@ STAGE_PROBE = "probe"
 ARTIFACT_KEY_STATS = "key_stats"
 ARTIFACT_PROJECTOR = "projector"
 ARTIFACT_CHECKPOINT = "checkpoint"
+ARTIFACT_UNEDITED_EVAL = "unedited_eval"  # the evaluation of the unedited model (shared by cells)

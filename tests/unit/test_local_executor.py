@@ -70,8 +70,8 @@ def test_local_sweep_writes_the_expected_rows_without_ray(local_sweep) -> None:
     assert counts["key_stats"] == 1 and counts["projector"] == 1  # computed once, by the first cell (alphaedit)
     kinds = _q(ex, writer, "SELECT kind, count(*) AS n FROM artifacts GROUP BY 1 ORDER BY 1")
     layers = len(next(cfg.cells()).hparams().layers)
-    assert kinds["kind"].to_list() == ["checkpoint", "key_stats", "projector"]
-    assert kinds["n"].to_list() == [4, layers, layers]
+    assert kinds["kind"].to_list() == ["checkpoint", "key_stats", "projector", "unedited_eval"]
+    assert kinds["n"].to_list() == [4, layers, layers, 1]  # one unedited evaluation, shared by both cells
     values = _q(ex, writer, "SELECT value FROM metrics WHERE metric = 'efficacy'")["value"].to_list()
     assert len(values) == 6 and all(0 <= v <= 100 for v in values)
     kept = _q(ex, writer, "SELECT r.method, count(*) AS n FROM metrics m JOIN runs r USING (run_id) "
