@@ -113,6 +113,36 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 @dataclass
+class UneditedEvaluations:
+    """The unedited evaluations of one sweep, shared by its model runs (threads, one per model): the
+    reference of each :class:`storage.artifacts.UneditedEvalKey` digest's task, and the digests whose rows
+    a cell has written (the first one is charged the seconds)."""
+
+    refs: dict[str, Any] = field(default_factory=dict)
+    collected: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get_or_submit(self, digest: str, submit: Callable[[], Any]) -> Any:
+        """The reference of ``digest``'s evaluation; ``submit()`` starts it when none is known."""
+        with self.lock:
+            if digest not in self.refs:
+                self.refs[digest] = submit()
+            return self.refs[digest]
+
+    def forget(self, digest: str) -> None:
+        """Drop a failed evaluation: the next cell with its key asks again."""
+        with self.lock:
+            self.refs.pop(digest, None)
+
+    def first_collect(self, digest: str) -> bool:
+        """Whether this is the first cell to write ``digest``'s rows (and mark it written)."""
+        with self.lock:
+            first = digest not in self.collected
+            self.collected.add(digest)
+            return first
+
+
+@dataclass
 class ModelRun:
     """What the cells of one model share: executor, writer, store, the editor actor, the unedited evaluations."""
 
@@ -133,8 +163,7 @@ class ModelRun:
     projector_sets: dict[tuple[str, ...], dict[int, ProjectorKey]] = field(default_factory=dict)  # id -> stored keys
     projector_id: tuple[str, ...] | None = None
     projector_info: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # seconds, computed, kept
-    unedited: dict[str, Any] = field(default_factory=dict)  # UneditedEvalKey digest -> the evaluation's reference
-    unedited_collected: set[str] = field(default_factory=set)  # digests whose rows a cell has written
+    unedited: UneditedEvaluations = field(default_factory=UneditedEvaluations)  # the sweep's, shared by its models
     # (run id, projector keys, key budget multiplier, (threshold, mode)) of each cell with projectors, and the
     # budgeted runs whose projector_distance rows are written (FastMEMIT's key budget vs the full corpus)
     projector_runs: list[tuple[str, dict[int, Any], float | None, tuple[float, str]]] = field(default_factory=list)
@@ -404,8 +433,8 @@ class CellRun:
         return mr.eval_task(mr.model.resolve(mr.model.path), deltas, req, gpus)
 
     def unedited(self) -> Any:
-        """The evaluation of the unedited model: one task per :func:`cluster.plan.unedited_key` in this model
-        run, whose reference every cell with that key shares; the task reads it from the artifact store
+        """The evaluation of the unedited model: one task per :func:`cluster.plan.unedited_key` in this sweep,
+        whose reference every cell with that key shares; the task reads it from the artifact store
         when an earlier sweep (or an earlier attempt of this one) stored it, else computes and stores it."""
         mr = self.mr
         assert self.data is not None and mr.unedited_task is not None
@@ -413,18 +442,15 @@ class CellRun:
         gpus = placement.device_gpus(placement.eval_options(mr.cfg, mr.model))
         key = unedited_key(mr.model, req, "cuda" if gpus > 0 else "cpu")
         self.unedited_digest = key.digest()
-        if self.unedited_digest not in mr.unedited:
-            mr.unedited[self.unedited_digest] = mr.unedited_task(mr.model.resolve(mr.model.path), key, req,
-                                                                 mr.store.root, gpus)
-        return mr.unedited[self.unedited_digest]
+        return mr.unedited.get_or_submit(self.unedited_digest, lambda: mr.unedited_task(
+            mr.model.resolve(mr.model.path), key, req, mr.store.root, gpus))
 
     def unedited_timings(self, out: dict[str, Any]) -> dict[str, float]:
         """The seconds of the unedited evaluation ``out`` charged to this cell (and its artifact row recorded):
         all of them to the first cell that writes a computed one; a reuse gets what it took (the store read
-        for the first cell of a stored one, 0 for the cells sharing this model run's)."""
+        for the first cell of a stored one, 0 for the cells sharing this sweep's)."""
         mr, digest = self.mr, self.unedited_digest
-        first = digest not in mr.unedited_collected
-        mr.unedited_collected.add(digest)
+        first = mr.unedited.first_collect(digest)
         if first and not out["reused"]:
             if out["record"] is not None:
                 self.writes.append(mr.ex.call(mr.writer, "record_artifacts", [out["record"]]))
@@ -446,7 +472,7 @@ class CellRun:
                 out = _for_run(self.mr.get(ref), self.run_id)
             except Exception as exc:
                 if p == 0:  # the next cell with this key asks again
-                    self.mr.unedited.pop(self.unedited_digest, None)
+                    self.mr.unedited.forget(self.unedited_digest)
                 if strict:
                     raise
                 logger.warning("%s: evaluation at %d edits lost (%s); it is redone on resume", self.run_id, p,
@@ -474,17 +500,20 @@ class CellRun:
 
 def run_model(cfg: SweepConfig, model: ModelConfig, cells: Sequence[RunCell], sweep_id: str, writer: Any,
               store: ArtifactStore, on_progress: Callable[[ProgressEvent], None] = lambda event: None, *,
-              executor: Executor, resume: Collection[str] = (), stop: threading.Event | None = None
-              ) -> dict[str, str]:
+              executor: Executor, resume: Collection[str] = (), stop: threading.Event | None = None,
+              unedited: UneditedEvaluations | None = None) -> dict[str, str]:
     """Run all cells of one model on one editor actor; return {run_id: final status}.
 
     ``resume``: run ids to continue from their checkpoints and rows (registered as RESUME). ``stop``:
     once set, the running cell stops at its next batch boundary and it and the cells not begun are
-    marked ``interrupted`` (their editor actor is killed; ``--resume`` continues them).
+    marked ``interrupted`` (their editor actor is killed; ``--resume`` continues them). ``unedited``:
+    the sweep's unedited evaluations, shared with its other models (a new set when None).
     """
     ex = executor
     require_gpus(model.num_gpus, f"editor for {model.name}", ex)
     mr = ModelRun(cfg, model, sweep_id, writer, store, ex, on_progress, stop)
+    if unedited is not None:
+        mr.unedited = unedited
     mr.eval_task = ex.task(evaluate_checkpoint, **placement.eval_options(cfg, model), max_retries=2)
     mr.unedited_task = ex.task(evaluate_unedited, **placement.eval_options(cfg, model), max_retries=2)
     statuses: dict[str, str] = {}
@@ -535,16 +564,18 @@ def run_sweep(cfg: SweepConfig, sweep_id: str, writer: Any, store: ArtifactStore
     logger.info("sweep %s: %d cells to run (%d resumed) on %d model(s)", sweep_id, len(todo), len(resume),
                 len(by_model))
     statuses: dict[str, str] = {}
+    unedited = UneditedEvaluations()  # one per key for the whole sweep (models sharing weights share it)
     if not parallel or len(by_model) <= 1:
         for cells in by_model.values():
             statuses.update(run_model(cfg, cells[0].model, cells, sweep_id, writer, store, on_progress, executor=ex,
-                                      resume=resume, stop=stop))
+                                      resume=resume, stop=stop, unedited=unedited))
         return statuses
     for cells in by_model.values():  # transformers' lazy imports are not thread-safe: the first ones here
         cells[0].model.hf_config()
     with ThreadPoolExecutor(max_workers=len(by_model)) as pool:
         futures = [pool.submit(run_model, cfg, cells[0].model, cells, sweep_id, writer, store, on_progress,
-                               executor=ex, resume=resume, stop=stop) for cells in by_model.values()]
+                               executor=ex, resume=resume, stop=stop, unedited=unedited)
+                   for cells in by_model.values()]
         for f in futures:
             statuses.update(f.result())
     return statuses

@@ -130,8 +130,9 @@ def test_ray_job_submit_sweep_writes_every_number_once(ray_head, tmp_path: Path)
 
     assert c1["stats_artifacts"] == len(preset("toy").layers)  # key statistics of each edited layer, stored once
     assert c1["projector_artifacts"] == len(preset("toy").layers)  # AlphaEdit's P per layer (MEMIT needs none)
-    # + the kept editor checkpoints (10, 20 edits) per run
-    assert c1["artifacts"] == c1["stats_artifacts"] + c1["projector_artifacts"] + 2 * 2
+    # + the kept editor checkpoints (10, 20 edits) per run + the unedited evaluation, computed once for both
+    assert c1["artifacts"] == c1["stats_artifacts"] + c1["projector_artifacts"] + 2 * 2 + 1
+    assert "unedited evaluation reused from" in first.stdout + first.stderr, "the second cell must reuse it"
 
     again = _submit(address, env, *overrides)  # same sweep again: finished cells are skipped
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
