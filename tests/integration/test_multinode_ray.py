@@ -155,7 +155,7 @@ def _final_state(cfg: SweepConfig, model: str):
 
 
 KINDS = ("corpus_shard_stats", "merge_and_store", "load_stored", "null_space_projectors", "evaluate_checkpoint",
-         "EditorWorker.begin", "EditorWorker.edit")
+         "evaluate_unedited", "EditorWorker.begin", "EditorWorker.edit")
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +196,8 @@ def test_work_runs_where_the_config_places_it(cluster, reference) -> None:
     # evaluations (rewrite metrics + probes) on CPU nodes only: never beside an editor, never on the head
     evals = tasks["evaluate_checkpoint"]
     assert len(evals) >= 2 * len(MODELS) and {t.node_id for t in evals} <= cpu, seen["evaluate_checkpoint"]
+    unedited = tasks["evaluate_unedited"]  # 0 edits: one per model (their revisions differ), also on CPU nodes
+    assert len(unedited) >= len(MODELS) and {t.node_id for t in unedited} <= cpu, seen["evaluate_unedited"]
     assert writer_node == ids["head"], name_of.get(writer_node, writer_node)
     assert rows["metrics"].filter(pl.col("metric") == "efficacy").height > 0
     for model in MODELS:
