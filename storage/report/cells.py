@@ -9,6 +9,8 @@ never averaged together. Pure functions over polars frames; nothing here reads t
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,13 @@ def _hparams(config: str | None) -> dict[str, Any]:
 
 def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def natural_key(label: str) -> tuple[Any, ...]:
+    """Sort key for variant labels with numbers in numeric order ('m=2' before 'm=10'), 'full' after them."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?|full)", label)
+    return tuple((1, math.inf if p == "full" else float(p), "") if i % 2 else (0, 0.0, p)
+                 for i, p in enumerate(parts))
 
 
 def _fmt(value: Any) -> str:

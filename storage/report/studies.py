@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from storage import names
-from storage.report.cells import BUDGET_FIELDS, THRESHOLD_FIELDS, Study, final_values, studies
+from storage.report.cells import BUDGET_FIELDS, THRESHOLD_FIELDS, Study, final_values, natural_key, studies
 from storage.report.plots import Plot, _figure_legend, _grid, _mark_missing, _png, method_colors
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,9 @@ def drift_scatter_plots(cells: pl.DataFrame, drift_points: pl.DataFrame) -> list
         first = (sel.select("method", "batch_size", "variant", "seed", "run_id").unique()
                  .sort("method", "batch_size", "variant", "seed", "run_id")
                  .group_by(["method", "batch_size", "variant"], maintain_order=True).first())
+        first = pl.DataFrame(sorted(first.to_dicts(), key=lambda c: (c["method"], c["batch_size"],
+                                                                      natural_key(c["variant"] or ""))),
+                             schema=first.schema)
         fig, axes = _grid(first.height, f"Hidden states of preserved documents (Fig. 5): {model} · {dataset}")
         lim = [sel["x"].min(), sel["x"].max(), sel["y"].min(), sel["y"].max()]
         pad_x, pad_y = 0.05 * (lim[1] - lim[0] or 1.0), 0.05 * (lim[3] - lim[2] or 1.0)

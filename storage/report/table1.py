@@ -18,6 +18,7 @@ from typing import Any
 from storage import names
 from storage.names import RunStatus
 from storage.report import paper
+from storage.report.cells import natural_key
 from storage.report.data import ReportData
 
 _TABLE1_METRICS: tuple[str, ...] = tuple(names.TABLE1_HEADERS)
@@ -171,7 +172,8 @@ def _model_rows(model: str, key: str | None, dataset: str, metrics: Sequence[str
     pre = _paper_row(key, model, dataset, paper.UNEDITED, metrics, "")
     if pre is not None:
         rows.append(pre)
-    groups = sorted({(r["method"], r["batch_size"], r["n_edits"], r["variant"]) for r in runs})
+    groups = sorted({(r["method"], r["batch_size"], r["n_edits"], r["variant"]) for r in runs},
+                    key=lambda g: (g[0], g[1], g[2], natural_key(g[3] or "")))
     for i, (method, batch_size, n_edits, variant) in enumerate(groups):
         g_runs = [r for r in runs if (r["method"], r["batch_size"], r["n_edits"], r["variant"])
                   == (method, batch_size, n_edits, variant)]

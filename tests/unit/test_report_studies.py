@@ -221,3 +221,16 @@ def test_table1_has_a_row_per_cell_not_a_mean_over_thresholds(frames) -> None:
     assert seeds.cells[eff].text == f"{sum(_seed_value('alphaedit', s, 200, EFF) for s in (0, 1, 2)) / 3:.2f}"
     failed = next(r for r in ours if r.variant == "nullspace_threshold=1e-09")
     assert failed.runs == "1 failed" and failed.cells[eff].text == "failed"
+
+
+def test_variant_labels_sort_by_their_numbers() -> None:
+    """Table 1 rows and the Fig. 5 panels list key budgets 1, 2, 10, full (not '1, 10, 2' as text)."""
+    from storage.report.cells import natural_key
+
+    labels = ["key_budget_multiplier=10", "key_budget_multiplier=full", "key_budget_multiplier=2",
+              "key_budget_multiplier=1", "nullspace_threshold=0.1", "nullspace_threshold=1e-3",
+              "nullspace_threshold=0.02", ""]
+    assert sorted(labels, key=natural_key) == [
+        "", "key_budget_multiplier=1", "key_budget_multiplier=2", "key_budget_multiplier=10",
+        "key_budget_multiplier=full", "nullspace_threshold=1e-3", "nullspace_threshold=0.02",
+        "nullspace_threshold=0.1"]
