@@ -28,7 +28,8 @@ def one_thread(one_torch_thread):
     """One torch thread, as in a Ray worker with num_cpus=1 (tests/conftest.py)."""
 
 
-def _sweep(tmp: Path, name: str, methods: str, store: str, caplog) -> tuple[dict[str, list], list[str]]:
+def _sweep(tmp: Path, name: str, methods: str, store: str, caplog, on_existing: str = "resume"
+           ) -> tuple[dict[str, list], list[str]]:
     """Run sweep ``name`` (results ``tmp/name.duckdb``, artifacts ``tmp/store``); its 0-edit rows per method
     and the log lines about the unedited evaluation."""
     db = tmp / f"{name}.duckdb"
@@ -38,7 +39,7 @@ def _sweep(tmp: Path, name: str, methods: str, store: str, caplog) -> tuple[dict
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="cluster.pipeline"):
         try:
-            statuses = run_sweep(cfg, name, writer, ArtifactStore(tmp / store), None, executor=ex)
+            statuses = run_sweep(cfg, name, writer, ArtifactStore(tmp / store), None, on_existing, executor=ex)
         finally:
             ex.get(ex.call(writer, "close"))
     assert set(statuses.values()) == {"finished"}, statuses
@@ -74,6 +75,28 @@ def test_unedited_evaluation_is_computed_once_and_equals_a_single_cell_sweeps(tm
     assert not any(COMPUTED in x for x in lines_again), lines_again
     assert any(REUSED in x and "artifact store" in x for x in lines_again), lines_again
     assert again["alphaedit"] == one["memit"] and again["_artifacts"] == [(0,)]
+    # --rerun replace: the cell's rows are deleted and written again, from the stored evaluation.
+    replaced, lines_replaced = _sweep(tmp_path, "again", "[alphaedit]", "store-a", caplog, on_existing="replace")
+    assert not any(COMPUTED in x for x in lines_replaced) and any(REUSED in x for x in lines_replaced)
+    assert replaced["alphaedit"] == one["memit"]
+
+
+def test_rows_codec_keeps_floats_exactly_and_non_finite_values(tmp_path: Path) -> None:
+    from storage.artifacts import ROWS, UneditedEvalKey
+
+    key = UneditedEvalKey(model_id="m", revision="r", dataset="counterfact", records="0" * 64, n_records=1,
+                          generation_records=0, seed=0, snippets=None, tfidf=None, zsre_answer_tokens="clean",
+                          probe_tasks=("toy_knowledge", {"task": "t", "limit": 2}), probe_limit=4,
+                          probe_batch_size=8, drift_corpus=None, drift_layer=None, device="cpu", dtype="float32",
+                          code="c")
+    value = {"metrics": [{"value": 0.1 + 0.2, "n_cases": None}, {"value": float("nan")}, {"value": -0.0}],
+             "probes": [{"value": 1 / 3}]}
+    store = ArtifactStore(tmp_path)
+    store.put(key, value, ROWS)
+    got = store.get(key, ROWS)
+    assert got["metrics"][0]["value"] == 0.1 + 0.2 and got["probes"][0]["value"] == 1 / 3
+    assert got["metrics"][1]["value"] != got["metrics"][1]["value"]  # NaN stays NaN
+    assert str(got["metrics"][2]["value"]) == "-0.0"
 
 
 def test_unedited_key_names_what_changes_the_numbers(tmp_path: Path) -> None:
