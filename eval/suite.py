@@ -180,8 +180,9 @@ def evaluate_edited(model: nn.Module, tokenizer, plan: EvalPlan,
 @functools.lru_cache(maxsize=1)
 def evaluation_code_version() -> str:
     """sha256 of what the evaluation's numbers depend on besides its inputs: the sources of the
-    ``eval`` and ``alphaedit`` packages (scoring, generation, drift, probes, model loading) and the
-    versions of torch, transformers and lm-eval. Part of the key of a stored evaluation
+    ``alphaedit`` package (model loading, decoding), every file of the ``eval`` package (scoring,
+    generation, drift, probes, and the embedded worlds' data: probe tasks, corpora) and the versions
+    of torch, transformers and lm-eval. Part of the key of a stored evaluation
     (:class:`storage.artifacts.UneditedEvalKey`), so a change to any of them recomputes it."""
     import hashlib
     from importlib import metadata
@@ -190,10 +191,13 @@ def evaluation_code_version() -> str:
     import alphaedit
 
     h = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(alphaedit.__file__).parent):
-        for source in sorted(package.rglob("*.py")):
-            h.update(f"{package.name}/{source.relative_to(package).as_posix()}\0".encode())
-            h.update(source.read_bytes())
+    for package, pattern in ((Path(alphaedit.__file__).parent, "*.py"), (Path(__file__).parent, "*")):
+        for path in sorted(package.rglob(pattern)):
+            rel = path.relative_to(package)
+            if not path.is_file() or "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
+                continue
+            h.update(f"{package.name}/{rel.as_posix()}\0".encode())
+            h.update(path.read_bytes())
     for dist in ("torch", "transformers", "lm_eval"):
         try:
             version = metadata.version(dist)
