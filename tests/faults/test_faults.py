@@ -210,32 +210,14 @@ def test_locked_results_file_is_refused_and_kept(world, observations, tmp_path: 
         assert w.query("SELECT count(*) AS n FROM runs")["n"][0] >= 1
 
 
+@pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_a_huge_lr_fails_its_cell_with_a_reason(observations, tmp_path: Path) -> None:
     """``v_lr: 1.0e+30`` (a float; ``1e30`` is a YAML string, refused above) passes the config and runs: the
     cell ends ``failed`` with the reason in runs.error, its unedited evaluation kept (was: all-zero deltas and
     status ``finished``)."""
-    import torch
+    from tests.toy_cells import run_tiny_toy_cell
 
-    from cluster.executor import LocalExecutor
-    from cluster.pipeline import run_sweep, start_writer
-    from storage.artifacts import ArtifactStore
-
-    cfg = load_config(TOY_CONFIG_PATH, [
-        "methods=[memit]", "n_edits=[10]", "batch_sizes=[10]", "eval_every=10", "probes.tasks=[]",
-        "metrics.generation_records=0", "metrics.max_records=2", "stats_shards=1",
-        "hparams_overrides=[{mom2_n_samples: 60, v_num_grad_steps: 3, v_lr: 1.0e+30}]"])
-    ex = LocalExecutor()
-    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        statuses = run_sweep(cfg, "s", writer, ArtifactStore(tmp_path / "art"), None, executor=ex, parallel=False)
-        (status, error), = ex.get(ex.call(writer, "query", "SELECT status, error FROM runs")).rows()
-        points = ex.get(ex.call(writer, "query", "SELECT DISTINCT edits_done FROM metrics WHERE dataset = "
-                                                 "'counterfact' ORDER BY 1"))["edits_done"].to_list()
-    finally:
-        torch.set_num_threads(threads)
-        ex.get(ex.call(writer, "close"))
+    statuses, (status, error), points = run_tiny_toy_cell(tmp_path, "memit", "v_num_grad_steps: 3, v_lr: 1.0e+30")
     observations.append({"case": "--set 1.0e+30 lr (runs)", "input": "hparams_overrides=[{v_lr: 1.0e+30}]",
                          "exit": f"cell {status}", "first_line": shown(f"runs.error: {error}"), "rows_before": None,
                          "rows_after": None})

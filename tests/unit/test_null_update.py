@@ -64,26 +64,11 @@ def test_check_changes_and_the_failure_line() -> None:
 
 @pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_the_cell_fails_with_the_reason_instead_of_finished(tmp_path: Path) -> None:
-    from cluster.config import TOY_CONFIG_PATH, load_config
-    from cluster.executor import LocalExecutor
-    from cluster.pipeline import run_sweep, start_writer
-    from storage.artifacts import ArtifactStore
+    from tests.toy_cells import run_tiny_toy_cell
 
-    cfg = load_config(TOY_CONFIG_PATH, [
-        "methods=[alphaedit]", "n_edits=[10]", "batch_sizes=[10]", "eval_every=10", "probes.tasks=[]",
-        "metrics.generation_records=0", "metrics.max_records=2", "stats_shards=1",
-        "hparams_overrides=[{mom2_n_samples: 60, v_num_grad_steps: 2, nullspace_threshold: 0.0}]"])
-    ex = LocalExecutor()
-    writer = start_writer(str(tmp_path / "r.duckdb"), ex)
-    try:
-        statuses = run_sweep(cfg, "s", writer, ArtifactStore(tmp_path / "art"), None, executor=ex, parallel=False)
-        runs = ex.get(ex.call(writer, "query", "SELECT status, error FROM runs")).rows()
-        points = ex.get(ex.call(writer, "query", "SELECT DISTINCT edits_done FROM metrics WHERE dataset = "
-                                                 "'counterfact' ORDER BY 1"))["edits_done"].to_list()
-    finally:
-        ex.get(ex.call(writer, "close"))
+    statuses, runs, points = run_tiny_toy_cell(tmp_path, "alphaedit", "v_num_grad_steps: 2, nullspace_threshold: 0.0")
     assert list(statuses.values()) == ["failed"]
-    (status, error), = runs
+    status, error = runs
     assert status == "failed" and error.startswith("an update that changes nothing in the batch of edits 0-10"), error
     assert points == [0], "the unedited evaluation is kept"
 
