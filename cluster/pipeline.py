@@ -216,9 +216,8 @@ class ModelRun:
             return pid, []
         hp = cell.hparams()
         task = self.ex.task(null_space_projectors, **placement.projector_options(self.model),
-                            max_retries=3, retry_exceptions=False, num_returns=2)
-        _, info_ref = task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus)  # stores every P
-        info = self.get(info_ref)
+                            max_retries=3, retry_exceptions=False)
+        info = self.get(task(stats, keys, hp.to_dict(), self.store.root, self.model.num_gpus))  # stores every P
         self.projector_sets[pid] = keys
         self.projector_info[pid] = info
         logger.info("%s: null-space projectors (threshold %g, %s) of layers %s: %s in %.1f s; rank/d_k %s",

@@ -94,12 +94,14 @@ def merge_shards(shards: Sequence[StatsArrays]) -> dict[int, SecondMoment]:
 # --- null-space projectors ---------------------------------------------------------------------
 
 def null_space_projectors(stats: StatsArrays, keys: Mapping[int, ProjectorKey], hparams: Mapping[str, Any],
-                          store_root: str, num_gpus: float = 0.0) -> tuple[ProjectorArrays, dict[str, Any]]:
-    """P of every layer in ``keys``: read from the artifact store, or computed from ``stats`` and stored.
+                          store_root: str, num_gpus: float = 0.0) -> dict[str, Any]:
+    """Make sure the artifact store holds P of every layer in ``keys``: computed from ``stats`` and stored
+    where missing. The P matrices stay in the store (the editors read them there by key), so the task
+    returns only the info, not d_k x d_k arrays per layer.
 
     The computation is :func:`alphaedit.projectors_from_stats` (eigh in float64 on this worker's
     device, P in float32), the same as the editor's own, so a cached P is bit-identical to a fresh
-    one. A corrupt stored P is deleted and recomputed. Returns (layer -> P, info) where info holds
+    one. A corrupt stored P is deleted and recomputed. Returns info, which holds
     ``computed`` (layers computed here), ``records`` (artifact rows of the stored ones), ``kept``
     (rank / d_k per layer) and ``seconds``.
     """
@@ -123,7 +125,7 @@ def null_space_projectors(stats: StatsArrays, keys: Mapping[int, ProjectorKey], 
             out[layer] = proj.cpu().numpy()
             records.append(store.put(keys[layer], {"P": out[layer]}).as_row())
     kept = {layer: kept_fraction(torch.from_numpy(np.array(p))) for layer, p in sorted(out.items())}
-    return out, {"computed": missing, "records": records, "kept": kept, "seconds": time.perf_counter() - t0}
+    return {"computed": missing, "records": records, "kept": kept, "seconds": time.perf_counter() - t0}
 
 
 def projector_distances(store_root: str, budget: Mapping[int, ProjectorKey], full: Mapping[int, ProjectorKey]

@@ -30,18 +30,27 @@ def _keys(hp, layers=(0, 1)) -> dict[int, ProjectorKey]:
             for layer in layers}
 
 
+def _stored(root: Path, keys: dict[int, ProjectorKey]) -> dict[int, np.ndarray]:
+    """The P matrices the task left in the artifact store (what the editors read)."""
+    store = ArtifactStore(root)
+    return {layer: store.get(key)["P"] for layer, key in keys.items()}
+
+
 def test_projector_task_matches_library_then_reads_the_store(tmp_path: Path) -> None:
     hp = preset("toy")
     stats = _stats()
-    first, info = null_space_projectors(stats, _keys(hp), hp.to_dict(), str(tmp_path))
+    keys = _keys(hp)
+    info = null_space_projectors(stats, keys, hp.to_dict(), str(tmp_path))
     assert info["computed"] == [0, 1] and len(info["records"]) == 2
+    first = _stored(tmp_path, keys)
     lib = projectors_from_stats({k: SecondMoment(torch.from_numpy(a), n) for k, (a, n) in stats.items()}, hp)
     for layer in stats:
         assert first[layer].dtype == np.float32
         assert np.array_equal(first[layer], lib[layer].numpy()), "the task's P must be the library's, bit for bit"
         assert info["kept"][layer] == pytest.approx(18 / 24)
-    again, info2 = null_space_projectors(stats, _keys(hp), hp.to_dict(), str(tmp_path))
+    info2 = null_space_projectors(stats, keys, hp.to_dict(), str(tmp_path))
     assert info2["computed"] == [] and info2["records"] == []
+    again = _stored(tmp_path, keys)
     assert all(np.array_equal(first[k], again[k]) for k in stats)
 
 
@@ -53,8 +62,9 @@ def test_projector_task_recomputes_a_corrupt_artifact_and_checks_the_key(tmp_pat
     store = ArtifactStore(tmp_path)
     data = next(p for p in (tmp_path / store.folder(keys[1])).iterdir() if p.name.startswith("data-"))
     data.write_bytes(data.read_bytes()[:-8] + b"\0" * 8)
-    out, info = null_space_projectors(stats, keys, hp.to_dict(), str(tmp_path))
+    info = null_space_projectors(stats, keys, hp.to_dict(), str(tmp_path))
     assert info["computed"] == [1]
+    out = _stored(tmp_path, keys)
     assert np.allclose(out[1] @ out[1], out[1], atol=1e-5)
     with pytest.raises(ValueError, match="does not match"):
         null_space_projectors(stats, keys, hp.replace(nullspace_threshold=0.5).to_dict(), str(tmp_path))
