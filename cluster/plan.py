@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.config import ModelConfig, RunCell, SweepConfig
 from cluster.workers import EvalRequest
 from storage.artifacts import UneditedEvalKey
+
+if TYPE_CHECKING:
+    from eval.corpus import CorpusSpec
 
 
 @dataclass
@@ -111,13 +114,7 @@ def eval_request(cfg: SweepConfig, cell: RunCell, run_id: str, data: CellData, e
     records = data.eval_records[: edits_done if edits_done > 0 else cell.n_edits]
     if cfg.metrics.max_records:
         records = records[: cfg.metrics.max_records]
-    drift_corpus = None
-    if cfg.metrics.drift_prompts:  # the first N documents (streamed; no random sample of a whole hub corpus)
-        from dataclasses import replace
-
-        from cluster.keys import corpus_spec
-
-        drift_corpus = replace(corpus_spec(cell.model, cfg.metrics.drift_prompts), sample="first")
+    drift_corpus = drift_corpus_spec(cell.model, cfg.metrics.drift_prompts) if cfg.metrics.drift_prompts else None
     return EvalRequest(run_id=run_id, edits_done=edits_done, dataset=cell.dataset, records=tuple(records),
                        probe_tasks=cfg.probes.tasks, probe_limit=cfg.probes.limit,
                        probe_batch_size=cfg.probes.batch_size, generation_records=cfg.metrics.generation_records,
@@ -133,6 +130,16 @@ def _file_sha256(path: str) -> str:
     p = Path(path)
     stat = p.stat()
     return _folder_sha256(str(p.parent), ((p.name, stat.st_size, stat.st_mtime_ns),))
+
+
+def drift_corpus_spec(model: ModelConfig, n_docs: int) -> CorpusSpec:
+    """The documents Fig. 5's drift is measured on: the first ``n_docs`` of the model's preservation corpus
+    (streamed; no random sample of a whole hub corpus). The sweep and ``jobs.drift`` both use it."""
+    from dataclasses import replace
+
+    from cluster.keys import corpus_spec
+
+    return replace(corpus_spec(model, n_docs), sample="first")
 
 
 def unedited_key(model: ModelConfig, req: EvalRequest, device: str, dtype: str = "float32") -> UneditedEvalKey:

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from eval.cli import add_log_level, cli_edge
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from alphaedit.hparams import EditHparams
     from alphaedit.models import load_model
     from cluster.config import ModelConfig
-    from cluster.keys import corpus_spec
+    from cluster.plan import drift_corpus_spec
     from cluster.workers import StoredDeltas, drift_texts
     from eval.suite import EvalPlan, drift_point_rows, evaluate_edited
     from storage.writer import ResultWriter
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             if path not in loaded:
                 loaded[path] = load_model(path, "cpu")
             model, tok = loaded[path]
-            texts = drift_texts(replace(corpus_spec(model_cfg, args.prompts), sample="first"))
+            texts = drift_texts(drift_corpus_spec(model_cfg, args.prompts))
             plan = EvalPlan(dataset=dataset, records=(), drift_texts=texts, drift_layer=hp.layers[-1])
             rows, points = [], []
             for edits_done in pts.get(run_id, []):
