@@ -42,14 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import torch
-    from tqdm import tqdm
-
     from alphaedit.hparams import EditHparams
     from alphaedit.models import load_model
     from cluster.config import ModelConfig
     from cluster.plan import drift_corpus_spec
     from cluster.workers import StoredDeltas, drift_texts
     from eval.suite import EvalPlan, drift_point_rows, evaluate_edited
+    from jobs.progress import new_bar
     from storage.writer import ResultWriter
 
     writer = ResultWriter(args.db)
@@ -60,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                               "JOIN runs r USING (run_id) WHERE m.dataset = r.dataset GROUP BY 1")
         pts = dict(zip(points["run_id"].to_list(), points["pts"].to_list(), strict=True))
         loaded: dict[str, tuple] = {}
-        for run_id, dataset, config, chash in tqdm(runs.iter_rows(), total=runs.height, desc="runs"):
+        bar = new_bar(runs.height, "runs", "run")
+        for run_id, dataset, config, chash in runs.iter_rows():
+            bar.update(1)
             cfg = json.loads(config)
             model_cfg = ModelConfig(**{k: v for k, v in cfg["model"].items() if k in ModelConfig.__dataclass_fields__})
             hp = EditHparams.from_dict(cfg["hparams"])
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 points += drift_point_rows(run_id, int(edits_done), result.drift_points)
             writer.write(metrics=rows, drift_points=points)
             logger.info("%s: drift at %s edits", run_id, pts.get(run_id, []))
+        bar.close()
     finally:
         writer.close()
     return 1 if failed else 0

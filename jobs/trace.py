@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from alphaedit.models import load_model, spec_for
+from alphaedit.tokens import continuation_ids
 from alphaedit.trace import embedding_noise_std, trace_fact
 from eval.cli import add_log_level, cli_edge
+from jobs.progress import new_bar
 
 
 def subject_span(tok, prompt: str, subject: str) -> tuple[list[int], tuple[int, int]]:
@@ -59,17 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     std = args.noise_scale * embedding_noise_std(model)
     records = json.loads(Path(args.dataset).read_text())
     rows = []
-    for rec in tqdm(records, desc="trace"):
+    bar = new_bar(args.facts, "facts traced", "fact")
+    for rec in records:
         if len(rows) >= args.facts:
             break
         rw = rec["requested_rewrite"]
         ids, span = subject_span(tok, rw["prompt"], rw["subject"])
-        target = tok(" " + rw["target_true"]["str"].strip(), add_special_tokens=False).input_ids[0]
+        # the first token of the true object as the model reads it after the prompt (not tok(" " + target)
+        # alone, which starts with a spurious "▁" for a SentencePiece tokenizer: alphaedit.tokens)
+        (cont,) = continuation_ids(tok, [rw["prompt"].format(rw["subject"])], [" " + rw["target_true"]["str"].strip()],
+                                   prompt_ids=[ids])
+        target = cont[0]
         res = trace_fact(model, spec, torch.tensor(ids), span, target, std, window=args.window, n_noise=args.noise)
         if res.p_clean < 0.1:
             continue
         rows.append({"case_id": rec["case_id"], "relation_id": rw["relation_id"], "p_clean": res.p_clean,
                      "p_corrupt": res.p_corrupt, "effect": [round(float(x), 5) for x in res.indirect_effect]})
+        bar.update(1)
+    bar.close()
     if not rows:
         print("no fact with clean p >= 0.1", file=sys.stderr)
         return 1
