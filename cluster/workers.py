@@ -543,8 +543,9 @@ def evaluate_checkpoint(model_path: str, deltas: Mapping[str, np.ndarray] | Stor
 def evaluate_unedited(model_path: str, key: UneditedEvalKey, req: EvalRequest, store_root: str,
                       num_gpus: float = 0.0, dtype: str = "float32") -> dict[str, Any]:
     """The unedited model's evaluation of ``req``: read from the artifact store under ``key``, or computed
-    by :func:`evaluate_checkpoint` (no deltas) and stored there. The rows carry the run id of the request
-    that computed them (:func:`cluster.pipeline` relabels them per cell). Adds ``reused`` (whether the
+    by :func:`evaluate_checkpoint` (no deltas) and stored there in its :func:`shared_form`. The rows carry the
+    run id of the request that computed them, or none when read from the store (:func:`cluster.pipeline`
+    relabels them per cell). Adds ``reused`` (whether the
     store had them; ``timings`` is then the read's), ``record`` (the artifact row when stored here) and
     ``key`` (the digest). A worker whose device is not the key's computes without the store."""
     t0 = time.perf_counter()
@@ -561,5 +562,16 @@ def evaluate_unedited(model_path: str, key: UneditedEvalKey, req: EvalRequest, s
         return {**out, "timings": {"metrics": time.perf_counter() - t0, "probes": 0.0}, "reused": True,
                 "record": None, "key": record.key}
     out = evaluate_checkpoint(model_path, {}, req, num_gpus, dtype)
-    record = store.put(key, out, ROWS)
+    record = store.put(key, shared_form(out), ROWS)
     return {**out, "reused": False, "record": record.as_row(), "key": record.key}
+
+
+def shared_form(out: dict[str, Any]) -> dict[str, Any]:
+    """What the artifact store keeps of an unedited evaluation: its rows without the run id of the request
+    that computed them (every cell relabels them) and without its timings, so the stored bytes depend only
+    on the key. Two sweeps that compute one key at once then write the same file, and their results files'
+    ``artifacts`` rows agree (``storage.merge`` skips the second)."""
+    return {"metrics": [{**r, "run_id": ""} for r in out["metrics"]],
+            "probes": [{**r, "run_id": ""} for r in out["probes"]],
+            "drift_points": [{**r, "run_id": ""} for r in out.get("drift_points", [])],
+            "n_records": out["n_records"]}

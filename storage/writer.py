@@ -445,7 +445,10 @@ class ResultWriter:
         once with a ``ResultWriter`` to migrate it). A row whose key is already here with the same
         values, timestamps aside (e.g. the record of an artifact two sweeps share in one store), is skipped; rows whose
         key is here with other values are refused, all tables named at once, and nothing is copied;
-        ``schema_version`` is not copied.
+        ``schema_version`` is not copied. The exception is ``artifacts``, a record of what the store holds
+        under a key, not a result: where two sweeps stored one key in different files (two runs computing
+        the same unedited evaluation at once, before :func:`cluster.workers.shared_form`), this file's row
+        is kept and the count is logged.
         """
         src = Path(source)
         if not src.is_file():
@@ -467,14 +470,16 @@ class ResultWriter:
                 raise RuntimeError(f"ResultWriter for {self._path} is closed")
             self._con.execute(f"ATTACH '{sqlh._sql_str(src)}' AS {alias} (READ_ONLY)")
             try:
-                clashes = []
+                clashes, kept = [], 0
                 for t in tables:
                     key = " AND ".join(f"a.{k} IS NOT DISTINCT FROM b.{k}" for k in TABLES[t].key)
                     differ = " OR ".join(f"a.{c.name} IS DISTINCT FROM b.{c.name}" for c in TABLES[t].columns
                                          if c.name not in TABLES[t].key and c.sql_type != "TIMESTAMP")
                     n = self._con.execute(f"SELECT count(*) FROM {t} a JOIN {alias}.{t} b ON {key} "
                                           f"WHERE {differ or 'false'}").fetchall()[0][0]
-                    if n:
+                    if n and t == names.TABLE_ARTIFACTS:
+                        kept = n
+                    elif n:
                         clashes.append(f"{t}: {n} row(s)")
                 if clashes:
                     raise ValueError(f"merge: {src} has rows whose keys {self._path} already holds "
@@ -490,6 +495,9 @@ class ResultWriter:
                         copied[t] = con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] - before
             finally:
                 self._con.execute(f"DETACH {alias}")
+        if kept:
+            log.warning("merge: %d artifact row(s) of %s name a key that %s records with another file; "
+                        "kept %s's", kept, src, self._path, self._path.name)
         log.info("merged %s into %s: %s", src, self._path, copied)
         return copied
 

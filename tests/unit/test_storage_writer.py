@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -338,3 +339,25 @@ def test_merge_copies_every_row_and_refuses_clashes_whole(tmp_path):
 
     duckdb.connect(str(not_results)).close()
     assert merge_main(["--into", str(dest), str(not_results)]) == 1
+
+
+def test_merge_keeps_its_own_artifact_row_where_two_sweeps_stored_one_key_in_different_files(tmp_path, caplog):
+    """Table 1's two sweeps computed the shared unedited evaluation at once and each stored its own file
+    under the one key: their results files name different files, which is no clash of results."""
+    import logging
+
+    def art(sha: str) -> dict:
+        return {"kind": "unedited_eval", "key": "k1", "spec": "{}", "path": f"/store/k1/data-{sha}.json",
+                "format": "json-rows", "sha256": sha, "bytes": 10, "created_at": datetime.now(UTC)}
+
+    a, b = _file_with(tmp_path, "a.duckdb", "ra", 90.0), _file_with(tmp_path, "b.duckdb", "rb", 80.0)
+    for path, sha in ((a, "aa"), (b, "bb")):
+        with ResultWriter(path) as w:
+            w.record_artifacts([art(sha)])
+    dest = tmp_path / "all.duckdb"
+    with ResultWriter(dest) as w, caplog.at_level(logging.WARNING, logger="storage.writer"):
+        w.merge_from(a)
+        copied = w.merge_from(b)
+        assert copied["runs"] == 1 and copied["metrics"] == 6 and copied["artifacts"] == 0
+        assert w.query("SELECT sha256 FROM artifacts")["sha256"].to_list() == ["aa"]  # the destination's
+    assert any("1 artifact row(s)" in r.getMessage() for r in caplog.records), caplog.records

@@ -57,6 +57,7 @@ def _sweep(tmp: Path, name: str, methods: str, store: str, caplog, on_existing: 
                             "t.stage = 'rewrite_eval' AND t.step = 0", [method]).fetchone()
         assert steps == (1,), f"{method}: its rewrite_eval row at 0 edits (what --resume reads) is missing"
     out["_artifacts"] = con.execute("SELECT count(*) FROM artifacts WHERE kind = 'unedited_eval'").fetchall()
+    out["_sha"] = con.execute("SELECT key, sha256 FROM artifacts WHERE kind = 'unedited_eval'").fetchall()
     con.close()
     return out, lines
 
@@ -70,6 +71,9 @@ def test_unedited_evaluation_is_computed_once_and_equals_a_single_cell_sweeps(tm
     metrics, probes, points = one["memit"]
     assert len(metrics) == 6 + 3 and len(probes) == 2 and len(points) == 6  # rewrite + drift; acc, acc_norm
     assert two["alphaedit"] == two["memit"] == one["memit"]  # exactly the same numbers
+    # The stored bytes depend only on the key, not on which run computed them (alphaedit's cell in "two",
+    # memit's in "one") nor on its timings: sweeps racing on one key agree, and storage.merge skips the copy.
+    assert two["_sha"] == one["_sha"] and len(one["_sha"]) == 1
     # A later sweep on the first store computes nothing: its rows come from the stored evaluation.
     again, lines_again = _sweep(tmp_path, "again", "[alphaedit]", "store-a", caplog)
     assert not any(COMPUTED in x for x in lines_again), lines_again
