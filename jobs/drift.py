@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import torch
+
     from alphaedit.hparams import EditHparams
     from alphaedit.models import load_model
     from cluster.config import ModelConfig

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from alphaedit.models import load_model, spec_for
 from alphaedit.tokens import continuation_ids
 from alphaedit.trace import embedding_noise_std, trace_fact
