@@ -58,6 +58,7 @@ from cluster.workers import (
     describe_failure,
     evaluate_checkpoint,
     evaluate_unedited,
+    for_run,
     null_space_projectors,
     projector_distances,
 )
@@ -93,13 +94,6 @@ def require_gpus(num_gpus: float, what: str, executor: Executor) -> None:
             "this model in the sweep config to run on CPU, or start the cluster with GPU nodes "
             "(ray_cluster.yaml)."
         )
-
-
-def _for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """An evaluation's rows re-labelled for ``run_id`` (the unedited evaluation is shared)."""
-    return {**out, "metrics": [{**r, "run_id": run_id} for r in out["metrics"]],
-            "probes": [{**r, "run_id": run_id} for r in out["probes"]],
-            "drift_points": [{**r, "run_id": run_id} for r in out.get("drift_points", [])]}
 
 
 def _timing(run_id: str, stage: str, seconds: float, items: int | None = None, step: int = 0) -> dict[str, Any]:
@@ -468,7 +462,7 @@ class CellRun:
         for p in points:
             ref = self.evals.pop(p)
             try:
-                out = _for_run(self.mr.get(ref), self.run_id)
+                out = for_run(self.mr.get(ref), self.run_id)
             except Exception as exc:
                 if p == 0:  # the next cell with this key asks again
                     self.mr.unedited.forget(self.unedited_digest)

@@ -566,12 +566,18 @@ def evaluate_unedited(model_path: str, key: UneditedEvalKey, req: EvalRequest, s
     return {**out, "reused": False, "record": record.as_row(), "key": record.key}
 
 
+def for_run(out: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """An evaluation's rows (metrics, probes, drift points) re-labelled for ``run_id`` (the unedited
+    evaluation is shared by cells, and stored with no run id: :func:`shared_form`)."""
+    return {**out, "metrics": [{**r, "run_id": run_id} for r in out["metrics"]],
+            "probes": [{**r, "run_id": run_id} for r in out["probes"]],
+            "drift_points": [{**r, "run_id": run_id} for r in out.get("drift_points", [])]}
+
+
 def shared_form(out: dict[str, Any]) -> dict[str, Any]:
     """What the artifact store keeps of an unedited evaluation: its rows without the run id of the request
     that computed them (every cell relabels them) and without its timings, so the stored bytes depend only
     on the key. Two sweeps that compute one key at once then write the same file, and their results files'
     ``artifacts`` rows agree (``storage.merge`` skips the second)."""
-    return {"metrics": [{**r, "run_id": ""} for r in out["metrics"]],
-            "probes": [{**r, "run_id": ""} for r in out["probes"]],
-            "drift_points": [{**r, "run_id": ""} for r in out.get("drift_points", [])],
-            "n_records": out["n_records"]}
+    rows = for_run(out, "")
+    return {k: rows[k] for k in ("metrics", "probes", "drift_points", "n_records")}
